@@ -1,0 +1,260 @@
+//! Configuration: the YAML model, its parsing and its validation.
+//!
+//! Owns turning text into a checked [`FileConfig`], and splitting it into
+//! [`BootConfig`] (listeners, threads, grace periods: fixed for the life of a
+//! process) and the dynamic part (upstreams, routes, security, limits, logging)
+//! that `snapshot::compile` turns into the immutable request-time snapshot.
+//!
+//! Errors: a syntax or type error stops parsing (serde can go no further) and
+//! is reported with its path; otherwise *every* unknown key and *every*
+//! semantic problem is reported at once, each as `path: message`.
+//! Nothing here touches the network or the request path.
+
+pub mod model;
+pub mod units;
+mod validate;
+pub use validate::{host_allowed, parse_cidr, parse_target_url, TargetUrl};
+
+pub use model::*;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// One problem found in a config, with the path of the offending key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// e.g. `routes[1].upstream`; empty for whole-file problems.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All problems of one config, printable one per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and checks a config file.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            "",
+            format!("cannot read config file {}: {e}", path.display()),
+        )])
+    })?;
+    parse_and_validate(&text)
+}
+
+/// Parses YAML text and validates it; every problem is reported with its path.
+pub fn parse_and_validate(text: &str) -> Result<FileConfig, ConfigErrors> {
+    let config = parse(text)?;
+    let errors = validate::validate(&config);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Parses YAML text into the model. Unknown keys are all collected and
+/// reported together (with paths); a type error stops at the first one.
+pub fn parse(text: &str) -> Result<FileConfig, ConfigErrors> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    let mut unknown: Vec<String> = Vec::new();
+    let de = serde_yaml::Deserializer::from_str(text);
+    let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+    let ignored = serde_ignored::Deserializer::new(de, &mut on_unknown);
+    let result: Result<FileConfig, _> = serde_path_to_error::deserialize(ignored);
+    match result {
+        Ok(cfg) => {
+            if unknown.is_empty() {
+                Ok(cfg)
+            } else {
+                Err(ConfigErrors(
+                    unknown
+                        .into_iter()
+                        .map(|p| ConfigError::new(yaml_path(&p), "unknown key"))
+                        .collect(),
+                ))
+            }
+        }
+        Err(e) => {
+            let path = yaml_path(&e.path().to_string());
+            let inner = e.into_inner().to_string();
+            // serde_yaml appends " at line L column C"; keep it, it helps.
+            let path = if path == "." { String::new() } else { path };
+            Err(ConfigErrors(vec![ConfigError::new(path, inner)]))
+        }
+    }
+}
+
+/// `routes.1.upstream` / `routes[1].upstream` → `routes[1].upstream`.
+fn yaml_path(dotted: &str) -> String {
+    let mut out = String::with_capacity(dotted.len() + 4);
+    for seg in dotted.split('.') {
+        if seg.is_empty() || seg == "?" {
+            continue;
+        }
+        if seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(seg);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    if out.is_empty() {
+        ".".into()
+    } else {
+        out
+    }
+}
+
+/// Settings fixed for the life of a process (a change needs a restart or a
+/// binary upgrade). Defaults are the edge profile of the README.
+#[derive(Clone, Debug)]
+pub struct BootConfig {
+    pub listen: Vec<SocketAddr>,
+    pub tls: Option<TlsSection>,
+    pub threads: usize,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<String>,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+    pub grace_period: Duration,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u32,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+/// Default proxy port (the original project's).
+pub const DEFAULT_PORT: u16 = 3000;
+/// Default admin listener: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
+
+impl BootConfig {
+    /// Derives the boot settings; `port_override` is the `PORT` variable.
+    pub fn from_file(cfg: &FileConfig, port_override: Option<u16>) -> BootConfig {
+        let p = &cfg.proxy;
+        let l = &p.limits;
+        let listen = match (port_override, &p.listen) {
+            (Some(port), _) => vec![SocketAddr::from(([0, 0, 0, 0], port))],
+            (None, Some(list)) => list
+                .to_vec()
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            (None, None) => vec![SocketAddr::from((
+                [0, 0, 0, 0],
+                p.port.unwrap_or(DEFAULT_PORT),
+            ))],
+        };
+        BootConfig {
+            listen,
+            tls: p.tls.clone(),
+            threads: p
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            admin_listen: cfg
+                .admin
+                .listen
+                .as_deref()
+                .unwrap_or(DEFAULT_ADMIN_LISTEN)
+                .parse()
+                .unwrap_or_else(|_| DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
+            admin_token: std::env::var("FLEXGATE_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .or_else(|| cfg.admin.token.clone()),
+            upgrade_sock: p
+                .upgrade_sock
+                .clone()
+                .unwrap_or_else(|| "/tmp/flexgate_upgrade.sock".into()),
+            pid_file: p
+                .pid_file
+                .clone()
+                .unwrap_or_else(|| "/tmp/flexgate.pid".into()),
+            grace_period: p
+                .grace_period
+                .map_or(Duration::from_secs(30), |m| m.duration()),
+            header_timeout: l
+                .header_timeout
+                .map_or(Duration::from_secs(10), |m| m.duration()),
+            keepalive_timeout: l
+                .keepalive_timeout
+                .map_or(Duration::from_secs(75), |m| m.duration()),
+            keepalive_requests: l.keepalive_requests.unwrap_or(1000),
+            max_connections: l.max_connections.unwrap_or(10_000),
+            max_connections_per_ip: l.max_connections_per_ip.unwrap_or(256),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_all_reported_with_paths() {
+        let err = parse("proxy:\n  prot: 1\nroutes:\n  - path: /a\n    upstrem: x\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("proxy.prot: unknown key"), "{text}");
+        assert!(text.contains("routes[0].upstrem: unknown key"), "{text}");
+    }
+
+    #[test]
+    fn type_errors_name_the_path() {
+        let err = parse("upstreams:\n  - name: a\n    retries: lots\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("upstreams[0].retries:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn port_env_override_wins() {
+        let cfg = parse("proxy:\n  port: 3000\n").unwrap();
+        let boot = BootConfig::from_file(&cfg, Some(4100));
+        assert_eq!(boot.listen, vec!["0.0.0.0:4100".parse().unwrap()]);
+        assert_eq!(BootConfig::from_file(&cfg, None).listen[0].port(), 3000);
+    }
+}

@@ -1,0 +1,406 @@
+//! The YAML model: the public contract of `flexgate.yaml` (and, later, of the
+//! admin API). Keys are camelCase, compatible with the original project's
+//! `proxy.yml`. Every field is documented here; the README's config reference
+//! mirrors these docs.
+//!
+//! Nothing here has behaviour: defaults live in `Default` impls and in the
+//! snapshot compiler, checks live in `validate.rs`.
+
+use super::units::{ByteSize, Millis};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A whole config file: boot settings (`proxy`, `admin`) plus the dynamic part.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FileConfig {
+    pub proxy: ProxySection,
+    pub admin: AdminSection,
+    pub security: SecuritySection,
+    pub rate_limit: RateLimitSection,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub logging: LoggingSection,
+    pub webhooks: Vec<WebhookConfig>,
+    pub database: Option<UrlSection>,
+    pub redis: Option<UrlSection>,
+    pub nats: Option<UrlSection>,
+}
+
+/// `listen: "0.0.0.0:3000"` or `listen: ["0.0.0.0:3000", "[::]:3000"]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The listed values.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `proxy:` — the data-plane listener and process settings (boot settings:
+/// a change needs a restart or a binary upgrade, not a reload).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxySection {
+    /// Port on all interfaces (original key). Default 3000. Overridden by `PORT`.
+    pub port: Option<u16>,
+    /// Explicit listen address(es), e.g. `"127.0.0.1:8080"`; wins over `port`.
+    pub listen: Option<OneOrMany>,
+    /// Worker threads of the proxy service. Default: number of CPUs.
+    pub threads: Option<usize>,
+    /// Default total upstream timeout (ms) for every upstream and route.
+    pub timeout: Option<Millis>,
+    /// Default connect timeout to upstreams. Default 5 s.
+    pub connect_timeout: Option<Millis>,
+    /// Default read (idle between bytes) timeout from upstreams. Default 15 s.
+    pub read_timeout: Option<Millis>,
+    /// Default write timeout to upstreams. Default 15 s.
+    pub write_timeout: Option<Millis>,
+    /// Default request body limit, e.g. `"10mb"`. Default 10 MiB.
+    pub max_body_size: Option<ByteSize>,
+    /// CIDRs of proxies whose `X-Forwarded-*` headers are trusted.
+    pub trusted_proxies: Vec<String>,
+    /// Unix socket used for the zero-downtime listener hand-off.
+    pub upgrade_sock: Option<String>,
+    /// Pid file of the running process.
+    pub pid_file: Option<String>,
+    /// Time to drain in-flight requests on shutdown/upgrade. Default 30 s.
+    pub grace_period: Option<Millis>,
+    /// Optional TLS listener.
+    pub tls: Option<TlsSection>,
+    /// Edge limits (header sizes, deadlines, connection caps).
+    pub limits: LimitsSection,
+    /// Also answer `/health/live` and `/health/ready` on the proxy port. Default true.
+    pub health_endpoints: Option<bool>,
+    /// Name put in `Via` headers (loop detection). Default `flexgate`.
+    pub via_name: Option<String>,
+}
+
+/// `proxy.tls:` — a TLS listener with one certificate.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// Listen address, e.g. `"0.0.0.0:3443"`.
+    pub listen: String,
+    /// PEM certificate chain file.
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+}
+
+/// `proxy.limits:` — edge hardening limits. Every value has an edge-safe default.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LimitsSection {
+    /// Total size of request headers (431 beyond). Default 60 KiB.
+    pub max_header_bytes: Option<ByteSize>,
+    /// Number of request header fields (431 beyond). Default 100.
+    pub max_headers: Option<usize>,
+    /// Length of the request target (414 beyond). Default 8 KiB.
+    pub max_uri_bytes: Option<ByteSize>,
+    /// Deadline to receive a complete request head, then the connection is closed. Default 10 s.
+    pub header_timeout: Option<Millis>,
+    /// Idle keep-alive time between requests. Default 75 s.
+    pub keepalive_timeout: Option<Millis>,
+    /// Requests per downstream connection. Default 1000.
+    pub keepalive_requests: Option<u32>,
+    /// Open downstream connections in total (503 and close beyond). Default 10000.
+    pub max_connections: Option<usize>,
+    /// Open downstream connections per client IP. Default 256.
+    pub max_connections_per_ip: Option<usize>,
+}
+
+/// `admin:` — the admin service (REST API, probes, metrics).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AdminSection {
+    /// Listen address. Default `127.0.0.1:9180`.
+    pub listen: Option<String>,
+    /// Bearer token for `/api/*`. Overridden by `FLEXGATE_ADMIN_TOKEN`.
+    pub token: Option<String>,
+}
+
+/// `security:` — SSRF policy and authentication.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SecuritySection {
+    /// Host names upstreams may point to (`api.example.com`, `*.internal.corp`).
+    /// Empty means no host restriction.
+    pub allowed_hosts: Vec<String>,
+    /// IPs/CIDRs upstreams must never resolve to (cloud metadata, private ranges).
+    #[serde(rename = "blockedIPs")]
+    pub blocked_ips: Vec<String>,
+    /// API-key authentication.
+    pub auth: Option<AuthSection>,
+    /// Client IP allow list (CIDRs); when non-empty, other clients get 403.
+    pub allow_ips: Vec<String>,
+    /// Client IP deny list (CIDRs) → 403.
+    pub deny_ips: Vec<String>,
+}
+
+/// `security.auth:`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AuthSection {
+    /// `apiKey` (the only type configured here; JWT is per route).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Header carrying the key. Default `X-API-Key`.
+    pub header: Option<String>,
+    /// Accepted keys, each given as the lowercase hex SHA-256 of the key.
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+/// One API key of `security.auth.keys`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiKeyConfig {
+    /// Lowercase hex SHA-256 of the key (`flexgate keys hash KEY` prints it).
+    pub key: String,
+    /// Consumer name, logged and forwarded.
+    pub name: Option<String>,
+}
+
+/// `rateLimit:`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitSection {
+    /// `memory` (default) or `redis`.
+    pub backend: Option<String>,
+    /// Redis connection for the `redis` backend.
+    pub redis: Option<UrlSection>,
+    /// One limit over all traffic.
+    pub global: Option<LimitConfig>,
+    /// Limits by path pattern, with an optional custom message.
+    pub per_route: Vec<PerRouteLimit>,
+}
+
+/// `{max, windowMs}` — at most `max` requests per window.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LimitConfig {
+    pub max: u64,
+    pub window_ms: Option<Millis>,
+    /// Admin-API spelling: `requests` (same as `max`).
+    pub requests: Option<u64>,
+    /// Admin-API spelling: `window: "60s"` (same as `windowMs`).
+    pub window: Option<Millis>,
+}
+
+/// One entry of `rateLimit.perRoute`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PerRouteLimit {
+    pub path: String,
+    pub max: u64,
+    pub window_ms: Option<Millis>,
+    pub message: Option<String>,
+}
+
+/// `{url}` of an external service (`database`, `redis`, `nats`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UrlSection {
+    pub url: Option<String>,
+}
+
+/// One entry of `upstreams:`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct UpstreamConfig {
+    /// Unique name, referenced by routes.
+    pub name: String,
+    /// Single target, e.g. `http://10.0.0.5:8080` or `https://api.example.com`.
+    pub url: Option<String>,
+    /// Several targets with weights (instead of `url`).
+    pub targets: Vec<TargetConfig>,
+    /// `roundRobin` (default; weighted when weights differ), `consistentHash`,
+    /// `leastConnections` (power of two choices), `random`.
+    pub load_balancing: Option<String>,
+    /// For `consistentHash`: `clientIp` (default) or `header:<Name>`.
+    pub hash_key: Option<String>,
+    /// Total time for one upstream attempt (ms).
+    pub timeout: Option<Millis>,
+    pub connect_timeout: Option<Millis>,
+    pub read_timeout: Option<Millis>,
+    pub write_timeout: Option<Millis>,
+    /// Extra attempts after a failure (connect failures always; other failures
+    /// for idempotent methods only). Default 0, at most 10.
+    pub retries: Option<u32>,
+    /// First backoff step between attempts (full jitter, doubling). Default 25 ms.
+    pub retry_backoff: Option<Millis>,
+    /// Circuit breaker.
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Active HTTP health check.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection after consecutive connect failures.
+    pub passive: Option<PassiveConfig>,
+    /// Host header sent upstream: `upstream` (default, the target's host) or `client`.
+    pub host_header: Option<String>,
+    /// Idle upstream keep-alive connections expire after this. Default 60 s.
+    pub idle_timeout: Option<Millis>,
+}
+
+/// One weighted target.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TargetConfig {
+    pub url: String,
+    /// Relative weight, default 1.
+    pub weight: Option<u32>,
+}
+
+/// `circuitBreaker:` (original keys).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CircuitBreakerConfig {
+    pub enabled: Option<bool>,
+    /// Failure percentage that opens the breaker.
+    pub failure_threshold: Option<u32>,
+    /// How long the breaker stays open (ms).
+    pub open_duration: Option<Millis>,
+    /// Minimum requests in the window before the percentage counts.
+    pub minimum_requests: Option<u32>,
+    /// Consecutive failures that open the breaker regardless of percentage.
+    pub consecutive_failures: Option<u32>,
+}
+
+/// `healthCheck:`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HealthCheckConfig {
+    pub enabled: Option<bool>,
+    /// Path probed with GET. Default `/health`.
+    pub path: Option<String>,
+    /// Time between probes. Default 10 s.
+    pub interval: Option<Millis>,
+    /// Probe timeout. Default 2 s.
+    pub timeout: Option<Millis>,
+    /// Consecutive successes to mark a target up. Default 1.
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures to mark a target down. Default 3.
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// `passive:` — eject a target after consecutive connect failures.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PassiveConfig {
+    /// Consecutive connect failures before ejection. Default 3.
+    pub max_failures: Option<u32>,
+    /// Ejection time. Default 10 s.
+    pub eject_duration: Option<Millis>,
+}
+
+/// `auth:` of a route.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAuth {
+    /// A valid API key is required.
+    Required,
+    /// A key is checked when present; requests without one pass.
+    Optional,
+    /// No authentication (default).
+    #[default]
+    None,
+}
+
+/// Header add/remove lists.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HeaderRules {
+    /// Headers set (replacing any existing value).
+    pub add: BTreeMap<String, String>,
+    /// Header names removed.
+    pub remove: Vec<String>,
+}
+
+/// One entry of `routes:`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RouteConfig {
+    /// Stable id used in logs and metrics. Default `route-<index>`.
+    pub id: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// `/exact`, `/prefix/*` (glob: `*` matches one segment in the middle,
+    /// anything at the end), or `/a/*/b`.
+    pub path: String,
+    /// Allowed methods; empty = all.
+    pub methods: Vec<String>,
+    /// Host match: `api.example.com` or `*.example.com`; empty = any host.
+    pub host: Option<String>,
+    /// Upstream name (or, admin-API style, a URL).
+    pub upstream: Option<String>,
+    /// Admin-API alias of a URL upstream.
+    pub target_url: Option<String>,
+    pub auth: Option<RouteAuth>,
+    /// Total upstream time for this route (ms), overriding the upstream's.
+    pub timeout: Option<Millis>,
+    pub rate_limit: Option<LimitConfig>,
+    /// Disabled routes are ignored by the matcher. Default true.
+    pub enabled: Option<bool>,
+    /// Explicit priority: higher wins before specificity is considered.
+    pub priority: Option<i32>,
+    /// Remove the route's literal prefix before forwarding.
+    pub strip_prefix: Option<bool>,
+    /// Replace the matched prefix with this path before forwarding.
+    pub rewrite: Option<String>,
+    pub request_headers: Option<HeaderRules>,
+    pub response_headers: Option<HeaderRules>,
+    /// Body limit for this route.
+    pub max_body_size: Option<ByteSize>,
+    /// Allow retrying non-idempotent requests whose body fits the retry buffer.
+    pub retry_non_idempotent: Option<bool>,
+    /// Allow WebSocket upgrade through this route.
+    pub websocket: Option<bool>,
+    /// Client IP allow/deny for this route (CIDRs).
+    pub allow_ips: Vec<String>,
+    pub deny_ips: Vec<String>,
+}
+
+/// `logging:`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LoggingSection {
+    /// `error`, `warn`, `info` (default), `debug`, `trace`.
+    pub level: Option<String>,
+    /// `json` (default) or `text`.
+    pub format: Option<String>,
+    pub sampling: Option<SamplingConfig>,
+    /// Write an access log line per request. Default true.
+    pub access_log: Option<bool>,
+}
+
+/// `logging.sampling:` — fraction of requests written to the access log.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SamplingConfig {
+    /// For status < 400. Default 1.0.
+    pub success_rate: Option<f64>,
+    /// For status ≥ 400 and failures. Default 1.0.
+    pub error_rate: Option<f64>,
+}
+
+/// One entry of `webhooks:` (delivery is performed by the webhook dispatcher).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WebhookConfig {
+    pub id: Option<String>,
+    pub url: String,
+    pub events: Vec<String>,
+    pub enabled: Option<bool>,
+    pub max_retries: Option<u32>,
+    pub initial_delay: Option<Millis>,
+    pub backoff_multiplier: Option<f64>,
+    pub headers: BTreeMap<String, String>,
+    pub secret: Option<String>,
+}

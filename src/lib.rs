@@ -1,0 +1,21 @@
+//! FlexGate: an edge API gateway on Pingora.
+//!
+//! Parts (one module each):
+//! - [`config`] — the YAML model, parsing and validation (every error with its path);
+//! - [`snapshot`] — compiles config into the immutable request-time view
+//!   (route table, upstream runtimes, key index);
+//! - [`reload`] — the single writer of the live snapshot (SIGHUP, file change);
+//! - [`proxy`] — the Pingora data plane (hygiene, routing, auth, upstreams, errors);
+//! - [`health`] — active health checks;
+//! - [`accesslog`] / [`logging`] — structured access log and log set-up;
+//! - [`server`] — process assembly; [`cli`] — the command line.
+
+pub mod accesslog;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod logging;
+pub mod proxy;
+pub mod reload;
+pub mod server;
+pub mod snapshot;

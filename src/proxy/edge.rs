@@ -1,0 +1,277 @@
+//! The downstream connection layer around Pingora's HTTP proxy app: what
+//! Pingora does not enforce per connection.
+//!
+//! - **Connection caps**: a global and a per-client-IP limit on open
+//!   connections; beyond them the client gets `503` + `Retry-After` and the
+//!   connection is closed (graceful refusal, no request is read).
+//! - **Header deadline**: Pingora's read timeout restarts on every read, so a
+//!   client dripping a byte at a time would stay forever. Here each request
+//!   head must arrive completely within `headerTimeout` of its first byte
+//!   (of the accept, for the first request); otherwise the connection closes.
+//!   The proxy marks the head as received from `early_request_filter`
+//!   through a task-local flag, so the check costs one timer per request.
+//! - **Keep-alive**: idle timeout and requests-per-connection limit.
+//!
+//! HTTP/2 connections (TLS ALPN `h2`) are handed to Pingora unchanged after
+//! the caps: the h2 layer has its own stream and header limits.
+
+use crate::config::BootConfig;
+use async_trait::async_trait;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+use super::Gateway;
+
+tokio::task_local! {
+    static HEAD_RECEIVED: Arc<AtomicBool>;
+}
+
+/// Called by the proxy once a request head has been parsed.
+pub fn mark_head_received() {
+    let _ = HEAD_RECEIVED.try_with(|f| f.store(true, Ordering::Relaxed));
+}
+
+const SHARDS: usize = 32;
+
+/// Open-connection accounting.
+pub struct ConnCounters {
+    total: AtomicUsize,
+    per_ip: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
+    pub refused: AtomicU64,
+    pub header_timeouts: AtomicU64,
+}
+
+impl Default for ConnCounters {
+    fn default() -> Self {
+        ConnCounters {
+            total: AtomicUsize::new(0),
+            per_ip: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            refused: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Releases a connection slot on drop.
+pub struct ConnSlot {
+    counters: Arc<ConnCounters>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.counters.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            let mut map = self
+                .counters
+                .shard(&ip)
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+impl ConnCounters {
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
+        let h = match ip {
+            IpAddr::V4(v) => u32::from(*v) as usize,
+            IpAddr::V6(v) => (u128::from(*v) as usize) ^ ((u128::from(*v) >> 64) as usize),
+        };
+        &self.per_ip[h.wrapping_mul(0x9E37_79B9) % SHARDS]
+    }
+
+    /// Open connections now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot or says which cap refused it.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<ConnSlot, &'static str> {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err("the gateway is at its connection limit");
+        }
+        if let Some(ip) = ip {
+            let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            if *n as usize >= max_per_ip {
+                drop(map);
+                self.total.fetch_sub(1, Ordering::Relaxed);
+                return Err("too many connections from this address");
+            }
+            *n += 1;
+        }
+        Ok(ConnSlot {
+            counters: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Pingora listening app: caps + header deadline around the HTTP proxy.
+pub struct EdgeApp {
+    pub proxy: Arc<HttpProxy<Gateway>>,
+    pub counters: Arc<ConnCounters>,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+impl EdgeApp {
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        boot: &BootConfig,
+        counters: Arc<ConnCounters>,
+    ) -> EdgeApp {
+        EdgeApp {
+            proxy: Arc::new(proxy),
+            counters,
+            header_timeout: boot.header_timeout,
+            keepalive_timeout: boot.keepalive_timeout,
+            max_connections: boot.max_connections,
+            max_connections_per_ip: boot.max_connections_per_ip,
+        }
+    }
+}
+
+async fn refuse(mut stream: Stream, reason: &str) {
+    let body =
+        format!("{{\"error\":\"too_many_connections\",\"message\":\"{reason}\",\"status\":503}}");
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+#[async_trait]
+impl ServerApp for EdgeApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let peer_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _slot =
+            match self
+                .counters
+                .admit(peer_ip, self.max_connections, self.max_connections_per_ip)
+            {
+                Ok(slot) => slot,
+                Err(reason) => {
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    refuse(stream, reason).await;
+                    return None;
+                }
+            };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+
+        let received = Arc::new(AtomicBool::new(false));
+        let keepalive_secs = self.keepalive_timeout.as_secs().max(1);
+        let reuse_limit = self
+            .proxy
+            .server_options()
+            .and_then(|o| o.keepalive_request_limit);
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            let mut deadline = self.header_timeout;
+            if !first {
+                // Idle keep-alive: wait for the next request's first byte.
+                let mut byte = [0u8; 1];
+                match tokio::time::timeout(self.keepalive_timeout, stream.try_peek(&mut byte)).await
+                {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => deadline += self.keepalive_timeout, // cannot peek: count idle time too
+                    _ => return None,                                    // idle timeout or closed
+                }
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(keepalive_secs));
+            }
+            match settings.take() {
+                Some(s) => s.apply_to_session(&mut session),
+                None => session.set_keepalive_reuses_remaining(reuse_limit),
+            }
+            received.store(false, Ordering::Relaxed);
+            let fut = HEAD_RECEIVED.scope(
+                received.clone(),
+                self.proxy.process_new_http(session, shutdown),
+            );
+            tokio::pin!(fut);
+            let result = tokio::select! {
+                r = &mut fut => r,
+                _ = tokio::time::sleep(deadline) => {
+                    if received.load(Ordering::Relaxed) {
+                        (&mut fut).await
+                    } else {
+                        self.counters.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                        return None; // dropping the session closes the connection
+                    }
+                }
+            };
+            let (next, persisted) = result?.consume();
+            stream = next;
+            settings = persisted;
+            first = false;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_are_enforced_and_released() {
+        let c = Arc::new(ConnCounters::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = c.admit(Some(a), 3, 2).unwrap();
+        let _s2 = c.admit(Some(a), 3, 2).unwrap();
+        assert!(c.admit(Some(a), 3, 2).is_err(), "per-IP cap");
+        let _s3 = c.admit(Some(b), 3, 2).unwrap();
+        assert!(c.admit(Some(b), 3, 2).is_err(), "global cap");
+        drop(s1);
+        assert_eq!(c.open(), 2);
+        assert!(c.admit(Some(a), 3, 2).is_ok());
+    }
+}

@@ -1,0 +1,397 @@
+//! Request hygiene: the edge checks Pingora does not make, and the header
+//! rewriting between client and upstream (hop-by-hop stripping, forwarding
+//! headers, `Via`, correlation id).
+//!
+//! Pure functions over headers: no I/O, unit-tested here, black-box tested in
+//! `tests/hygiene.rs`.
+
+use crate::snapshot::{EdgeLimits, Snapshot};
+use http::header::{self, HeaderName, HeaderValue};
+use http::Method;
+use pingora_http::RequestHeader;
+use std::net::IpAddr;
+
+/// A request refused before routing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+    /// The connection cannot be reused (framing is unknown).
+    pub close: bool,
+}
+
+const fn reject(status: u16, code: &'static str, message: &'static str, close: bool) -> Reject {
+    Reject {
+        status,
+        code,
+        message,
+        close,
+    }
+}
+
+/// Checks framing, sizes and header syntax. `None` = acceptable.
+pub fn check_request(req: &RequestHeader, limits: &EdgeLimits, via_name: &str) -> Option<Reject> {
+    if req.method == Method::CONNECT {
+        return Some(reject(
+            405,
+            "method_not_allowed",
+            "CONNECT is not supported",
+            true,
+        ));
+    }
+    let uri_len = req
+        .uri
+        .path_and_query()
+        .map_or(req.uri.path().len(), |p| p.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        return Some(reject(
+            414,
+            "uri_too_long",
+            "request target is too long",
+            true,
+        ));
+    }
+    let headers = &req.headers;
+    if headers.len() > limits.max_headers {
+        return Some(reject(
+            431,
+            "header_fields_too_large",
+            "too many request header fields",
+            true,
+        ));
+    }
+    let mut total = 0usize;
+    for (name, value) in headers.iter() {
+        total += name.as_str().len() + value.len() + 4;
+        if name.as_str().contains('_') {
+            return Some(reject(
+                400,
+                "bad_request",
+                "header names with '_' are not accepted",
+                true,
+            ));
+        }
+    }
+    if total > limits.max_header_bytes {
+        return Some(reject(
+            431,
+            "header_fields_too_large",
+            "request headers are too large",
+            true,
+        ));
+    }
+    if headers.get_all(header::HOST).iter().count() > 1 {
+        return Some(reject(400, "bad_request", "duplicate Host header", true));
+    }
+    let te_count = headers.get_all(header::TRANSFER_ENCODING).iter().count();
+    let cl_values: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    if te_count > 0 && !cl_values.is_empty() {
+        return Some(reject(
+            400,
+            "bad_request",
+            "Content-Length and Transfer-Encoding together",
+            true,
+        ));
+    }
+    if te_count > 1 {
+        return Some(reject(
+            400,
+            "bad_request",
+            "more than one Transfer-Encoding header",
+            true,
+        ));
+    }
+    if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Some(reject(
+                501,
+                "not_implemented",
+                "only Transfer-Encoding: chunked is supported",
+                true,
+            ));
+        }
+    }
+    if cl_values.len() > 1 {
+        return Some(reject(
+            400,
+            "bad_request",
+            "more than one Content-Length header",
+            true,
+        ));
+    }
+    if let Some(cl) = cl_values.first() {
+        let b = cl.as_bytes();
+        if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+            return Some(reject(400, "bad_request", "malformed Content-Length", true));
+        }
+    }
+    for via in headers.get_all(header::VIA) {
+        if via_contains(via.as_bytes(), via_name.as_bytes()) {
+            return Some(reject(
+                508,
+                "loop_detected",
+                "request already passed through this gateway",
+                true,
+            ));
+        }
+    }
+    None
+}
+
+/// True when a `Via` value lists `name` as a received-by pseudonym.
+fn via_contains(via: &[u8], name: &[u8]) -> bool {
+    via.split(|&b| b == b',').any(|entry| {
+        let mut parts = entry.split(|&b| b == b' ').filter(|p| !p.is_empty());
+        let _protocol = parts.next();
+        parts.next().is_some_and(|by| by.eq_ignore_ascii_case(name))
+    })
+}
+
+/// Declared body length, when valid (checked by [`check_request`]).
+pub fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|s| s.parse().ok())
+}
+
+/// The client address used for limits and logs: the peer, or — when the peer
+/// is a trusted proxy — the right-most untrusted address in `X-Forwarded-For`.
+pub fn client_ip(snap: &Snapshot, peer: IpAddr, req: &RequestHeader) -> IpAddr {
+    if !snap.is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for v in req.headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(s) = v.to_str() else { break };
+        for part in s.rsplit(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !snap.is_trusted(&ip) {
+                        return ip;
+                    }
+                }
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
+/// A client-supplied correlation id is kept when it is short and plain.
+pub fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+/// A new random correlation id (32 hex characters).
+pub fn new_request_id() -> String {
+    let a = fastrand::u64(..);
+    let b = fastrand::u64(..);
+    format!("{a:016x}{b:016x}")
+}
+
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRAILER,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Header editing shared by request and response heads (Pingora keeps a
+/// case map beside the `HeaderMap`, so edits go through its methods).
+pub trait HeaderEdit {
+    fn header_map(&self) -> &http::HeaderMap;
+    fn remove(&mut self, name: &HeaderName);
+    fn set(&mut self, name: HeaderName, value: HeaderValue);
+}
+
+impl HeaderEdit for RequestHeader {
+    fn header_map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+}
+
+impl HeaderEdit for pingora_http::ResponseHeader {
+    fn header_map(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+}
+
+/// Removes hop-by-hop headers (and those listed in `Connection`). `TE` is
+/// kept only as `trailers`; `Upgrade`/`Connection: upgrade` only when
+/// `keep_upgrade` (a WebSocket route with an upgrade request, or a 101).
+pub fn strip_hop_by_hop<H: HeaderEdit>(head: &mut H, keep_upgrade: bool) {
+    let headers = head.header_map();
+    let has_connection = headers.contains_key(header::CONNECTION);
+    let listed: Vec<HeaderName> = if has_connection {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| {
+                // Never let a client delete framing or routing headers this way.
+                n != header::CONTENT_LENGTH && n != header::TRANSFER_ENCODING && n != header::HOST
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let drop_te = headers
+        .get(header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let has_upgrade = headers.contains_key(header::UPGRADE);
+    for n in listed {
+        if keep_upgrade && n == header::UPGRADE {
+            continue;
+        }
+        head.remove(&n);
+    }
+    for n in &HOP_BY_HOP {
+        if head.header_map().contains_key(n) {
+            head.remove(n);
+        }
+    }
+    if drop_te {
+        head.remove(&header::TE);
+    }
+    if keep_upgrade {
+        head.set(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else if has_upgrade {
+        head.remove(&header::UPGRADE);
+    }
+}
+
+/// True for a WebSocket upgrade request.
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    req.headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> EdgeLimits {
+        EdgeLimits {
+            max_header_bytes: 1024,
+            max_headers: 10,
+            max_uri_bytes: 64,
+        }
+    }
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn framing_rules() {
+        let l = limits();
+        assert_eq!(
+            check_request(&req(&[("content-length", "5")]), &l, "fg"),
+            None
+        );
+        for bad in ["+5", "-0", "5, 5", " 5", "0x5", ""] {
+            let r = check_request(&req(&[("content-length", bad)]), &l, "fg");
+            assert_eq!(r.map(|r| r.status), Some(400), "{bad:?}");
+        }
+        let both = req(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
+        assert_eq!(check_request(&both, &l, "fg").unwrap().status, 400);
+        let gzip = req(&[("transfer-encoding", "gzip, chunked")]);
+        assert_eq!(check_request(&gzip, &l, "fg").unwrap().status, 501);
+        let twice = req(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        assert_eq!(check_request(&twice, &l, "fg").unwrap().status, 400);
+        let underscore = req(&[("x_user", "a")]);
+        assert_eq!(check_request(&underscore, &l, "fg").unwrap().status, 400);
+        let hosts = req(&[("host", "a"), ("host", "b")]);
+        assert_eq!(check_request(&hosts, &l, "fg").unwrap().status, 400);
+    }
+
+    #[test]
+    fn size_limits() {
+        let l = limits();
+        let many: Vec<(String, String)> =
+            (0..11).map(|i| (format!("x-h{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(check_request(&req(&many), &l, "fg").unwrap().status, 431);
+        let big = "v".repeat(2000);
+        assert_eq!(
+            check_request(&req(&[("x-big", &big)]), &l, "fg")
+                .unwrap()
+                .status,
+            431
+        );
+        let long =
+            RequestHeader::build("GET", format!("/{}", "a".repeat(100)).as_bytes(), None).unwrap();
+        assert_eq!(check_request(&long, &l, "fg").unwrap().status, 414);
+    }
+
+    #[test]
+    fn via_loop() {
+        let l = limits();
+        let r = req(&[("via", "1.1 edge-a, 1.1 fg-node1")]);
+        assert_eq!(check_request(&r, &l, "fg-node1").unwrap().status, 508);
+        assert_eq!(check_request(&r, &l, "fg-node2"), None);
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut r = req(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("x-keep", "1"),
+        ]);
+        strip_hop_by_hop(&mut r, false);
+        let names: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-keep"]);
+        let mut ws = req(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ]);
+        strip_hop_by_hop(&mut ws, true);
+        assert_eq!(ws.headers.get("upgrade").unwrap(), "websocket");
+        assert_eq!(ws.headers.get("connection").unwrap(), "upgrade");
+        assert_eq!(ws.headers.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-123_x.y:z"));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        assert_eq!(new_request_id().len(), 32);
+    }
+}

@@ -1,0 +1,726 @@
+//! The data plane: FlexGate's Pingora `ProxyHttp` implementation.
+//!
+//! A request's path, one way through the phases:
+//! - `early_request_filter`: marks the head as received (header deadline).
+//! - `request_filter`: take the snapshot once, correlation id, hygiene
+//!   (`hygiene.rs`), client IP, probes, IP rules, route match (404/405), body
+//!   limit, API-key auth. Any refusal is written by `respond.rs` and ends here.
+//! - `upstream_peer`: deadline, backoff before a retry, target selection
+//!   (`snapshot::upstream`), peer timeouts.
+//! - `upstream_request_filter` / `response_filter`: header rewriting.
+//! - `fail_to_connect` / `error_while_proxy`: passive ejection, retry policy.
+//! - `fail_to_proxy`: error → JSON reply; `logging`: access log, counters.
+//!
+//! Nothing here blocks, locks or does I/O besides the proxied exchange.
+
+pub mod edge;
+pub mod hygiene;
+pub mod respond;
+
+use crate::accesslog::{self, AccessRecord};
+use crate::config::RouteAuth;
+use crate::reload::ConfigHandle;
+use crate::snapshot::router::Match;
+use crate::snapshot::{HeaderOps, PathRewrite, Route, Snapshot};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora_core::protocols::Digest;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use respond::GatewayReply;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Process-wide data-plane counters (exported by the metrics module).
+#[derive(Default)]
+pub struct ProxyStats {
+    pub requests: AtomicU64,
+    pub upstream_connects_new: AtomicU64,
+    pub upstream_connects_reused: AtomicU64,
+    pub retries: AtomicU64,
+    pub ejections: AtomicU64,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    pub snap: Option<Arc<Snapshot>>,
+    pub route: Option<Arc<Route>>,
+    pub request_id: String,
+    pub client_ip: IpAddr,
+    pub start: Instant,
+    pub deadline: Option<Instant>,
+    /// Upstream attempts so far.
+    pub attempts: u32,
+    pub tried: Vec<usize>,
+    /// Target of the current attempt.
+    pub target: Option<usize>,
+    /// Status the gateway answered with itself (0 = upstream's).
+    pub status: u16,
+    pub error_code: Option<&'static str>,
+    pub consumer: Option<Arc<str>>,
+    pub body_bytes: u64,
+    pub upstream_started: Option<Instant>,
+    pub upstream_elapsed: Option<Duration>,
+    pub websocket: bool,
+    pub tls: bool,
+}
+
+/// The gateway service.
+pub struct Gateway {
+    pub config: Arc<ConfigHandle>,
+    pub stats: Arc<ProxyStats>,
+    /// True on the TLS listener's instance (sets `X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+impl Gateway {
+    async fn reply(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reply: GatewayReply,
+    ) -> Result<bool> {
+        respond::send(session, ctx, reply).await?;
+        Ok(true)
+    }
+
+    fn release_target(&self, ctx: &mut RequestCtx) {
+        if let (Some(i), Some(route)) = (ctx.target.take(), ctx.route.as_ref()) {
+            if let Some(t) = route.upstream.targets.get(i) {
+                t.state.inflight.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn health_reply(&self, path: &str, snap: &Snapshot) -> Option<(u16, String)> {
+        match path {
+            "/health/live" => Some((200, "{\"status\":\"UP\"}".to_string())),
+            "/health/ready" => Some((
+                200,
+                format!("{{\"status\":\"UP\",\"checks\":{{\"config\":{{\"status\":\"UP\",\"version\":{}}}}}}}", snap.version),
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn apply_header_ops<H: hygiene::HeaderEdit>(head: &mut H, ops: &HeaderOps) {
+    for n in &ops.remove {
+        head.remove(n);
+    }
+    for (n, v) in &ops.set {
+        head.set(n.clone(), v.clone());
+    }
+}
+
+fn rewrite_path(rewrite: &PathRewrite, req: &mut RequestHeader) {
+    let PathRewrite::ReplacePrefix { prefix, with } = rewrite else {
+        return;
+    };
+    let path = req.uri.path();
+    let Some(rest) = path.strip_prefix(prefix.as_str()) else {
+        return;
+    };
+    let mut new_path = String::with_capacity(with.len() + rest.len() + 1);
+    new_path.push_str(with);
+    if !rest.is_empty() && !rest.starts_with('/') && !with.ends_with('/') {
+        new_path.push('/');
+    }
+    new_path.push_str(rest);
+    if new_path.is_empty() {
+        new_path.push('/');
+    } else if !new_path.starts_with('/') {
+        new_path.insert(0, '/');
+    }
+    if let Some(q) = req.uri.query() {
+        new_path.push('?');
+        new_path.push_str(q);
+    }
+    if let Ok(uri) = http::Uri::try_from(new_path) {
+        req.set_uri(uri);
+    }
+}
+
+/// Dot segments (`/../`, encoded or not) are refused rather than normalised.
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let s = seg.to_ascii_lowercase();
+        s == ".." || s == "." || s == "%2e%2e" || s == ".%2e" || s == "%2e." || s == "%2e"
+    })
+}
+
+fn host_of(req: &RequestHeader) -> &str {
+    let raw = req
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or("");
+    match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => raw.split(':').next().unwrap_or(""),
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_CONSUMER: HeaderName = HeaderName::from_static("x-consumer-name");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snap: None,
+            route: None,
+            request_id: String::new(),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            start: Instant::now(),
+            deadline: None,
+            attempts: 0,
+            tried: Vec::new(),
+            target: None,
+            status: 0,
+            error_code: None,
+            consumer: None,
+            body_bytes: 0,
+            upstream_started: None,
+            upstream_elapsed: None,
+            websocket: false,
+            tls: self.tls,
+        }
+    }
+
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        edge::mark_head_received();
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let snap = self.config.current();
+        ctx.snap = Some(snap.clone());
+        let req = session.req_header();
+        ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
+            Some(v) if hygiene::valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => hygiene::new_request_id(),
+        };
+        if let Some(r) = hygiene::check_request(req, &snap.limits, &snap.via_name) {
+            let allow = r.status == 405;
+            let mut reply = GatewayReply::new(r.status, r.code, r.message).closing(r.close);
+            if allow {
+                reply = reply.header("allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS");
+            }
+            return self.reply(session, ctx, reply).await;
+        }
+        let path = req.uri.path();
+        if has_dot_segments(path) {
+            return self
+                .reply(
+                    session,
+                    ctx,
+                    GatewayReply::new(400, "bad_request", "path must not contain dot segments"),
+                )
+                .await;
+        }
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        ctx.client_ip = hygiene::client_ip(&snap, peer_ip, req);
+
+        if snap.health_endpoints {
+            if let Some((status, body)) = self.health_reply(path, &snap) {
+                ctx.status = status;
+                let mut resp = ResponseHeader::build(status, Some(4))?;
+                resp.insert_header("content-type", "application/json")?;
+                resp.insert_header("content-length", body.len().to_string())?;
+                resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+                resp.insert_header("cache-control", "no-store")?;
+                session.write_response_header(Box::new(resp), false).await?;
+                session
+                    .write_response_body(Some(Bytes::from(body)), true)
+                    .await?;
+                return Ok(true);
+            }
+        }
+        if let Some(rules) = &snap.ip_rules {
+            if !rules.permits(&ctx.client_ip) {
+                return self
+                    .reply(
+                        session,
+                        ctx,
+                        GatewayReply::new(403, "forbidden", "client address is not allowed"),
+                    )
+                    .await;
+            }
+        }
+        let req = session.req_header();
+        let route = match snap.router.find(
+            &host_of(req).to_ascii_lowercase(),
+            &req.method,
+            req.uri.path(),
+        ) {
+            Match::Found(r) => r.clone(),
+            Match::MethodNotAllowed(allow) => {
+                let reply = GatewayReply::new(
+                    405,
+                    "method_not_allowed",
+                    format!("{} is not allowed on this path", req.method),
+                )
+                .header("allow", allow);
+                return self.reply(session, ctx, reply).await;
+            }
+            Match::NotFound => {
+                return self
+                    .reply(
+                        session,
+                        ctx,
+                        GatewayReply::new(404, "no_route", "no route matches this request"),
+                    )
+                    .await;
+            }
+        };
+        ctx.route = Some(route.clone());
+        if let Some(rules) = &route.ip_rules {
+            if !rules.permits(&ctx.client_ip) {
+                return self
+                    .reply(
+                        session,
+                        ctx,
+                        GatewayReply::new(
+                            403,
+                            "forbidden",
+                            "client address is not allowed on this route",
+                        ),
+                    )
+                    .await;
+            }
+        }
+        if hygiene::content_length(req).is_some_and(|n| n > route.max_body) {
+            let reply = GatewayReply::new(
+                413,
+                "payload_too_large",
+                format!("request body is larger than {} bytes", route.max_body),
+            )
+            .closing(true);
+            return self.reply(session, ctx, reply).await;
+        }
+        ctx.websocket = route.websocket && hygiene::is_websocket_upgrade(req);
+        if route.auth != RouteAuth::None {
+            let presented = snap
+                .keys
+                .header
+                .as_ref()
+                .and_then(|h| req.headers.get(h))
+                .map(|v| v.as_bytes().to_vec());
+            match presented {
+                None if route.auth == RouteAuth::Optional => {}
+                None => {
+                    let reply = GatewayReply::new(401, "unauthorized", "an API key is required")
+                        .header("www-authenticate", "ApiKey");
+                    return self.reply(session, ctx, reply).await;
+                }
+                Some(key) => {
+                    let digest = ring::digest::digest(&ring::digest::SHA256, &key);
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(digest.as_ref());
+                    match snap.keys.keys.get(&d) {
+                        Some(name) => ctx.consumer = Some(name.clone()),
+                        None => {
+                            let reply =
+                                GatewayReply::new(401, "unauthorized", "the API key is not valid")
+                                    .header("www-authenticate", "ApiKey");
+                            return self.reply(session, ctx, reply).await;
+                        }
+                    }
+                }
+            }
+        }
+        if route.retry_non_idempotent {
+            session.enable_retry_buffering();
+        }
+        ctx.deadline = Some(ctx.start + route.total_timeout);
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(b), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > route.max_body {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body exceeds the route limit",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let up = &route.upstream;
+        ctx.attempts += 1;
+        if ctx.attempts > 1 {
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            // Exponential backoff with full jitter, capped at 1 s.
+            let ceiling = up
+                .retry_backoff
+                .saturating_mul(1 << (ctx.attempts - 2).min(10))
+                .min(Duration::from_secs(1));
+            let pause = ceiling.mul_f64(fastrand::f64());
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        let remaining = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(up.total_timeout);
+        if remaining.is_zero() {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(504),
+                "route timeout reached before the upstream answered",
+            );
+        }
+        self.release_target(ctx);
+        let key: std::borrow::Cow<[u8]> = match &up.hash_key {
+            crate::snapshot::upstream::HashKey::Header(h) => session
+                .req_header()
+                .headers
+                .get(h)
+                .map(|v| std::borrow::Cow::Owned(v.as_bytes().to_vec()))
+                .unwrap_or(std::borrow::Cow::Borrowed(&[])),
+            crate::snapshot::upstream::HashKey::ClientIp => {
+                std::borrow::Cow::Owned(match ctx.client_ip {
+                    IpAddr::V4(v4) => v4.octets().to_vec(),
+                    IpAddr::V6(v6) => v6.octets().to_vec(),
+                })
+            }
+        };
+        let idx = up
+            .select(&key, &ctx.tried)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "upstream has no targets"))?;
+        ctx.tried.push(idx);
+        ctx.target = Some(idx);
+        let target = &up.targets[idx];
+        target.state.inflight.fetch_add(1, Ordering::Relaxed);
+        let mut peer = Box::new(target.peer.clone());
+        peer.options.read_timeout = Some(up.read_timeout.min(remaining));
+        peer.options.write_timeout = Some(up.write_timeout.min(remaining));
+        peer.options.connection_timeout = Some(up.connect_timeout.min(remaining));
+        peer.options.total_connection_timeout = peer.options.connection_timeout;
+        if ctx.upstream_started.is_none() {
+            ctx.upstream_started = Some(Instant::now());
+        }
+        Ok(peer)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if reused {
+            self.stats
+                .upstream_connects_reused
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats
+                .upstream_connects_new
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if let (Some(i), Some(route)) = (ctx.target, ctx.route.as_ref()) {
+            route.upstream.targets[i].state.connected();
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(i), Some(route)) = (ctx.target, ctx.route.as_ref()) {
+            let up = &route.upstream;
+            if up.targets[i]
+                .state
+                .connect_failed(up.passive_max_failures, up.passive_eject)
+            {
+                self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(upstream = %up.name, target = %up.targets[i].url, "target ejected after consecutive connect failures");
+            }
+            // Nothing was sent: a connect failure is always safe to retry.
+            let within_deadline = ctx.deadline.is_none_or(|d| Instant::now() < d);
+            e.set_retry(ctx.attempts <= up.retries && within_deadline);
+        }
+        e.more_context(format!("peer: {}", peer.address()))
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {}", peer.address()));
+        let Some(route) = ctx.route.as_ref() else {
+            e.set_retry(false);
+            return e;
+        };
+        let replayable = session.req_header().method.is_idempotent()
+            || (route.retry_non_idempotent && !session.as_ref().retry_buffer_truncated());
+        let nothing_sent_back = session.as_ref().response_written().is_none();
+        let within_deadline = ctx.deadline.is_none_or(|d| Instant::now() < d);
+        if !(replayable && nothing_sent_back && within_deadline) {
+            e.set_retry(false);
+        } else if ctx.attempts <= route.upstream.retries {
+            e.set_retry(true);
+        } else {
+            // A stale pooled connection may still be retried once (Pingora's policy).
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(route), Some(snap)) = (ctx.route.as_ref(), ctx.snap.as_ref()) else {
+            return Ok(());
+        };
+        hygiene::strip_hop_by_hop(upstream_request, ctx.websocket);
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = peer_ip.is_some_and(|ip| snap.is_trusted(&ip));
+        let peer_text = peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        // X-Forwarded-For: append to a trusted proxy's list, else start fresh.
+        let xff = match (
+            trusted,
+            upstream_request
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok()),
+        ) {
+            (true, Some(prev)) if !prev.is_empty() => format!("{prev}, {peer_text}"),
+            _ => peer_text,
+        };
+        upstream_request.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+        if !trusted || !upstream_request.headers.contains_key(&X_FORWARDED_PROTO) {
+            upstream_request.insert_header(
+                X_FORWARDED_PROTO.clone(),
+                if ctx.tls { "https" } else { "http" },
+            )?;
+        }
+        if !trusted || !upstream_request.headers.contains_key(&X_FORWARDED_HOST) {
+            match session.req_header().headers.get(header::HOST).cloned() {
+                Some(h) => upstream_request.insert_header(X_FORWARDED_HOST.clone(), h)?,
+                None => {
+                    upstream_request.remove_header(&X_FORWARDED_HOST);
+                }
+            }
+        }
+        upstream_request.insert_header(X_REAL_IP.clone(), ctx.client_ip.to_string())?;
+        upstream_request.remove_header("forwarded");
+        // Gateway-owned headers: never trust a client's copy.
+        upstream_request.remove_header(&X_CONSUMER);
+        if let Some(c) = &ctx.consumer {
+            upstream_request.insert_header(X_CONSUMER.clone(), c.as_ref())?;
+        }
+        upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        let via = match upstream_request
+            .headers
+            .get(header::VIA)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => HeaderValue::from_str(&format!(
+                "{prev}, {}",
+                snap.via_entry.to_str().unwrap_or("")
+            ))
+            .unwrap_or(snap.via_entry.clone()),
+            None => snap.via_entry.clone(),
+        };
+        upstream_request.insert_header(header::VIA, via)?;
+        if let Some(i) = ctx.target {
+            if !route.upstream.host_from_client {
+                upstream_request
+                    .insert_header(header::HOST, route.upstream.targets[i].host_header.clone())?;
+            }
+        }
+        rewrite_path(&route.rewrite, upstream_request);
+        if !route.request_headers.is_empty() {
+            apply_header_ops(upstream_request, &route.request_headers);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if ctx.deadline.is_some_and(|d| Instant::now() > d) && !ctx.websocket {
+            return Error::e_explain(
+                ErrorType::ReadTimedout,
+                "route total timeout reached while streaming the response",
+            );
+        }
+        Ok(None)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.upstream_elapsed.is_none() {
+            ctx.upstream_elapsed = ctx.upstream_started.map(|s| s.elapsed());
+        }
+        let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        hygiene::strip_hop_by_hop(resp, switching && ctx.websocket);
+        resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        if let Some(route) = &ctx.route {
+            if !route.response_headers.is_empty() {
+                apply_header_ops(resp, &route.response_headers);
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let reply = respond::reply_for_error(e);
+        let code = match reply {
+            Some(reply) if session.as_ref().response_written().is_none() => {
+                let status = reply.status;
+                if let Err(err) = respond::send(session, ctx, reply.closing(true)).await {
+                    tracing::debug!("could not send error response: {err}");
+                }
+                status
+            }
+            Some(reply) => reply.status,
+            None => 0,
+        };
+        if ctx.status == 0 {
+            ctx.status = code;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // Failures are in the access log with their status; keep Pingora's log quiet.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.release_target(ctx);
+        let Some(snap) = ctx.snap.as_ref() else {
+            return;
+        };
+        if !snap.access_log {
+            return;
+        }
+        let status = session
+            .as_ref()
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .filter(|_| ctx.status == 0 || ctx.error_code.is_none())
+            .unwrap_or(ctx.status);
+        let failed = status >= 400 || status == 0 || e.is_some();
+        let rate = if failed {
+            snap.error_sample
+        } else {
+            snap.success_sample
+        };
+        if rate < 1.0 && fastrand::f64() >= rate {
+            return;
+        }
+        let req = session.req_header();
+        let target = match (ctx.target_logged(), ctx.route.as_ref()) {
+            (Some(i), Some(r)) => r.upstream.targets.get(i).map(|t| t.url.as_str()),
+            _ => None,
+        };
+        accesslog::write(&AccessRecord {
+            request_id: &ctx.request_id,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            host: host_of(req),
+            status,
+            route: ctx.route.as_ref().map(|r| &*r.id),
+            upstream: ctx.route.as_ref().map(|r| &*r.upstream.name),
+            target,
+            client_ip: ctx.client_ip,
+            duration: ctx.start.elapsed(),
+            upstream_duration: ctx.upstream_elapsed,
+            bytes_in: session.as_ref().body_bytes_read() as u64,
+            bytes_out: session.as_ref().body_bytes_sent() as u64,
+            attempts: ctx.attempts,
+            consumer: ctx.consumer.as_deref(),
+            error: ctx.error_code.or(e.map(|_| "proxy_error")),
+            user_agent: req
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        });
+    }
+}
+
+impl RequestCtx {
+    /// Last target tried (kept for the access log after release).
+    fn target_logged(&self) -> Option<usize> {
+        self.tried.last().copied()
+    }
+}

@@ -1,0 +1,136 @@
+//! Process assembly: boot config → Pingora `Server` → listening and
+//! background services → `run_forever`.
+//!
+//! Pingora owns the runtimes (no `#[tokio::main]`): anything needing a
+//! runtime is created inside a service's `start`, because daemon mode forks
+//! and would drop threads made earlier. Signals: `SIGTERM` drains gracefully
+//! within `proxy.gracePeriod`, `SIGQUIT` hands listeners to a new process
+//! started with `-u`, `SIGHUP` reloads the dynamic config.
+
+use crate::config::{BootConfig, FileConfig};
+use crate::health::HealthChecker;
+use crate::proxy::edge::{ConnCounters, EdgeApp};
+use crate::proxy::{Gateway, ProxyStats};
+use crate::reload::{ConfigHandle, ReloadService};
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `flexgate start` was asked to do.
+pub struct StartOptions {
+    pub config_path: PathBuf,
+    pub daemon: bool,
+    pub upgrade: bool,
+    pub port_override: Option<u16>,
+}
+
+fn proxy_service(
+    server: &Server,
+    handle: &Arc<ConfigHandle>,
+    boot: &BootConfig,
+    stats: &Arc<ProxyStats>,
+    counters: &Arc<ConnCounters>,
+    tls: bool,
+) -> Service<EdgeApp> {
+    let gateway = Gateway {
+        config: handle.clone(),
+        stats: stats.clone(),
+        tls,
+    };
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
+    let mut opts = HttpServerOptions::default();
+    opts.keepalive_request_limit = Some(boot.keepalive_requests);
+    proxy.server_options = Some(opts);
+    let name = if tls {
+        "flexgate proxy (tls)"
+    } else {
+        "flexgate proxy"
+    };
+    let mut svc = Service::new(
+        name.to_string(),
+        EdgeApp::new(proxy, boot, counters.clone()),
+    );
+    svc.threads = Some(boot.threads);
+    svc
+}
+
+/// Builds the server and runs it; returns only on a start-up error.
+pub fn run(opts: StartOptions) -> Result<(), String> {
+    let (handle, file): (ConfigHandle, FileConfig) = ConfigHandle::load(&opts.config_path)
+        .map_err(|e| format!("invalid config {}:\n{e}", opts.config_path.display()))?;
+    let boot = BootConfig::from_file(&file, opts.port_override);
+    let _log_guard = crate::logging::init(&file.logging, opts.daemon);
+    let handle = Arc::new(handle);
+
+    let conf = ServerConf {
+        daemon: opts.daemon,
+        threads: boot.threads,
+        pid_file: boot.pid_file.clone(),
+        upgrade_sock: boot.upgrade_sock.clone(),
+        grace_period_seconds: Some(boot.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(boot.grace_period.as_secs().max(1)),
+        // Our retry policy decides; this only bounds Pingora's loop (1 + 10 retries + 1 stale-connection retry).
+        max_retries: 12,
+        upstream_keepalive_pool_size: 1024,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let stats = Arc::new(ProxyStats::default());
+    let counters = Arc::new(ConnCounters::default());
+    let mut plain = proxy_service(&server, &handle, &boot, &stats, &counters, false);
+    for addr in &boot.listen {
+        plain.add_tcp(&addr.to_string());
+    }
+    server.add_service(plain);
+    if let Some(tls) = &boot.tls {
+        let mut secure = proxy_service(&server, &handle, &boot, &stats, &counters, true);
+        secure
+            .add_tls(&tls.listen, &tls.cert, &tls.key)
+            .map_err(|e| {
+                format!(
+                    "proxy.tls: cannot use certificate {} / key {}: {e}",
+                    tls.cert, tls.key
+                )
+            })?;
+        server.add_service(secure);
+    }
+    server.add_service(background_service(
+        "config reloader",
+        ReloadService {
+            handle: handle.clone(),
+            poll_interval: Duration::from_secs(1),
+        },
+    ));
+    server.add_service(background_service(
+        "health checker",
+        HealthChecker {
+            config: handle.clone(),
+        },
+    ));
+
+    let snap = handle.current();
+    tracing::info!(
+        listen = ?boot.listen,
+        threads = boot.threads,
+        routes = snap.router.len(),
+        upstreams = snap.upstreams.len(),
+        config = %opts.config_path.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "flexgate starting"
+    );
+    server.run_forever()
+}

@@ -1,0 +1,555 @@
+//! The compiled, immutable view of the dynamic config that requests run on.
+//!
+//! `compile(config, previous)` turns a validated [`FileConfig`] into a
+//! [`Snapshot`]: route table, upstream runtimes (resolved targets, selectors,
+//! health state), API-key index, IP rules, limits. Everything a request needs
+//! is precomputed here (header names/values, peers, `Allow` values), so the
+//! request path only reads. Target health state is carried over from the
+//! previous snapshot when an upstream keeps its name and a target its address.
+//!
+//! Compiling resolves host names (blocking DNS): callers run it off the
+//! request path (start-up, the reload task).
+
+pub mod router;
+pub mod upstream;
+
+use crate::config::{parse_cidr, parse_target_url, TargetUrl};
+use crate::config::{
+    ConfigError, ConfigErrors, FileConfig, HeaderRules, RouteAuth, UpstreamConfig,
+};
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_load_balancing::health_check::HttpHealthCheck;
+use pingora_load_balancing::Backend;
+use router::{HostPattern, MethodSet, PathPattern, RouteRule, Router};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+use upstream::{build_selector, HashKey, HealthSpec, Target, TargetState, Upstream};
+
+/// Allow/deny CIDR lists for client addresses.
+#[derive(Clone, Debug, Default)]
+pub struct IpRules {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+impl IpRules {
+    fn from_lists(allow: &[String], deny: &[String]) -> Option<IpRules> {
+        if allow.is_empty() && deny.is_empty() {
+            return None;
+        }
+        Some(IpRules {
+            allow: allow.iter().filter_map(|c| parse_cidr(c).ok()).collect(),
+            deny: deny.iter().filter_map(|c| parse_cidr(c).ok()).collect(),
+        })
+    }
+
+    /// True when `ip` may pass: not denied, and allowed when an allow list exists.
+    pub fn permits(&self, ip: &IpAddr) -> bool {
+        if self.deny.iter().any(|n| n.contains(ip)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// Header rules, precompiled.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    fn compile(rules: &Option<HeaderRules>) -> HeaderOps {
+        let Some(r) = rules else {
+            return HeaderOps::default();
+        };
+        HeaderOps {
+            set: r
+                .add
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
+            remove: r
+                .remove
+                .iter()
+                .filter_map(|k| HeaderName::from_bytes(k.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// How the forwarded path is derived from the request path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathRewrite {
+    None,
+    /// Replace this literal prefix with the given text (`""` = strip).
+    ReplacePrefix {
+        prefix: String,
+        with: String,
+    },
+}
+
+/// A compiled route.
+pub struct Route {
+    pub id: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    pub auth: RouteAuth,
+    /// Total time for the upstream exchange (all attempts).
+    pub total_timeout: Duration,
+    pub rewrite: PathRewrite,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub max_body: u64,
+    pub retry_non_idempotent: bool,
+    pub websocket: bool,
+    pub ip_rules: Option<IpRules>,
+}
+
+/// API keys by SHA-256 digest: O(1) lookup, no plaintext kept.
+#[derive(Default)]
+pub struct KeyIndex {
+    pub header: Option<HeaderName>,
+    pub keys: HashMap<[u8; 32], Arc<str>>,
+}
+
+/// Edge limits read per request.
+#[derive(Clone, Debug)]
+pub struct EdgeLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+}
+
+/// Everything a request needs, immutable; swapped whole on reload.
+pub struct Snapshot {
+    /// Monotonic config version (1 = first load).
+    pub version: u64,
+    pub router: Router<Arc<Route>>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub keys: KeyIndex,
+    pub trusted_proxies: Vec<IpNet>,
+    pub ip_rules: Option<IpRules>,
+    pub limits: EdgeLimits,
+    pub access_log: bool,
+    pub success_sample: f64,
+    pub error_sample: f64,
+    /// Our pseudonym in `Via` (loop detection).
+    pub via_name: String,
+    /// `1.1 <via_name>` precomputed.
+    pub via_entry: HeaderValue,
+    pub health_endpoints: bool,
+}
+
+impl Snapshot {
+    /// True when `ip` is a trusted proxy.
+    pub fn is_trusted(&self, ip: &IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// Default via pseudonym: `flexgate-<hostname>`, so chained gateways on
+/// different hosts do not mistake each other for a loop.
+pub fn default_via_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+        .unwrap_or_else(|| "local".into());
+    format!("flexgate-{host}")
+}
+
+fn hash_of<T: serde::Serialize>(v: &T) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(v).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+fn resolve(t: &TargetUrl) -> Result<SocketAddr, String> {
+    if let Ok(ip) = t.host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, t.port));
+    }
+    let addrs: Vec<SocketAddr> = (t.host.as_str(), t.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve host {:?}: {e}", t.host))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("host {:?} resolved to no address", t.host))
+}
+
+fn compile_upstream(
+    path: &str,
+    u: &UpstreamConfig,
+    cfg: &FileConfig,
+    previous: Option<&Snapshot>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Upstream> {
+    let p = &cfg.proxy;
+    let blocked: Vec<IpNet> = cfg
+        .security
+        .blocked_ips
+        .iter()
+        .filter_map(|c| parse_cidr(c).ok())
+        .collect();
+    let urls: Vec<(String, &str, u32)> = match &u.url {
+        Some(url) => vec![(format!("{path}.url"), url.as_str(), 1)],
+        None => u
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(j, t)| {
+                (
+                    format!("{path}.targets[{j}].url"),
+                    t.url.as_str(),
+                    t.weight.unwrap_or(1),
+                )
+            })
+            .collect(),
+    };
+    let prev = previous.and_then(|s| s.upstreams.iter().find(|x| *x.name == *u.name));
+    let connect_timeout = u
+        .connect_timeout
+        .or(p.connect_timeout)
+        .map_or(Duration::from_secs(5), |m| m.duration());
+    let read_timeout = u
+        .read_timeout
+        .or(p.read_timeout)
+        .map_or(Duration::from_secs(15), |m| m.duration());
+    let write_timeout = u
+        .write_timeout
+        .or(p.write_timeout)
+        .map_or(Duration::from_secs(15), |m| m.duration());
+    let idle_timeout = u
+        .idle_timeout
+        .map_or(Duration::from_secs(60), |m| m.duration());
+    let mut targets = Vec::new();
+    let mut tls = false;
+    for (tpath, url, weight) in urls {
+        let t = match parse_target_url(url) {
+            Ok(t) => t,
+            Err(m) => {
+                errors.push(ConfigError::new(tpath, m));
+                continue;
+            }
+        };
+        let addr = match resolve(&t) {
+            Ok(a) => a,
+            Err(m) => {
+                errors.push(ConfigError::new(tpath, m));
+                continue;
+            }
+        };
+        if let Some(net) = blocked.iter().find(|n| n.contains(&addr.ip())) {
+            errors.push(ConfigError::new(
+                tpath,
+                format!(
+                    "{:?} resolves to {} which is in security.blockedIPs ({net})",
+                    t.host,
+                    addr.ip()
+                ),
+            ));
+            continue;
+        }
+        tls = t.tls;
+        let default_port = if t.tls { 443 } else { 80 };
+        let host_header = if t.port == default_port {
+            t.host.clone()
+        } else if t.host.contains(':') {
+            format!("[{}]:{}", t.host, t.port)
+        } else {
+            format!("{}:{}", t.host, t.port)
+        };
+        let mut peer = HttpPeer::new(
+            addr,
+            t.tls,
+            if t.tls { t.host.clone() } else { String::new() },
+        );
+        peer.options.connection_timeout = Some(connect_timeout);
+        peer.options.total_connection_timeout = Some(connect_timeout);
+        peer.options.read_timeout = Some(read_timeout);
+        peer.options.write_timeout = Some(write_timeout);
+        peer.options.idle_timeout = Some(idle_timeout);
+        let state = prev
+            .and_then(|pu| pu.targets.iter().find(|x| x.addr == addr))
+            .map(|x| x.state.clone())
+            .unwrap_or_else(|| Arc::new(TargetState::default()));
+        let backend = Backend {
+            addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(addr),
+            weight: weight as usize,
+            ext: http::Extensions::new(),
+        };
+        targets.push(Target {
+            url: url.to_string(),
+            addr,
+            host: t.host.clone(),
+            weight,
+            host_header: HeaderValue::from_str(&host_header).ok()?,
+            peer,
+            backend,
+            state,
+        });
+    }
+    if targets.is_empty() {
+        return None;
+    }
+    let lb = u.load_balancing.as_deref().unwrap_or("roundRobin");
+    let selector = build_selector(lb, &targets);
+    let hash_key = match u
+        .hash_key
+        .as_deref()
+        .and_then(|h| h.strip_prefix("header:"))
+    {
+        Some(name) => HeaderName::from_bytes(name.as_bytes())
+            .map(HashKey::Header)
+            .unwrap_or(HashKey::ClientIp),
+        None => HashKey::ClientIp,
+    };
+    let health = u
+        .health_check
+        .as_ref()
+        .filter(|h| h.enabled != Some(false))
+        .map(|h| {
+            let mut check = HttpHealthCheck::new(&targets[0].host, tls);
+            let probe_path = h.path.clone().unwrap_or_else(|| "/health".into());
+            if let Ok(req) = pingora_http::RequestHeader::build("GET", probe_path.as_bytes(), None)
+            {
+                check.req = req;
+                let _ = check
+                    .req
+                    .insert_header("Host", targets[0].host_header.clone());
+                let _ = check
+                    .req
+                    .insert_header("User-Agent", "flexgate-health-check");
+            }
+            let timeout = h.timeout.map_or(Duration::from_secs(2), |m| m.duration());
+            check.peer_template.options.connection_timeout = Some(timeout);
+            check.peer_template.options.read_timeout = Some(timeout);
+            check.validator = Some(Box::new(|resp: &pingora_http::ResponseHeader| {
+                if resp.status.is_success() || resp.status.is_redirection() {
+                    Ok(())
+                } else {
+                    pingora_error::Error::e_explain(
+                        pingora_error::ErrorType::InternalError,
+                        format!("health check answered {}", resp.status),
+                    )
+                }
+            }));
+            HealthSpec {
+                interval: h.interval.map_or(Duration::from_secs(10), |m| m.duration()),
+                healthy_threshold: h.healthy_threshold.unwrap_or(1),
+                unhealthy_threshold: h.unhealthy_threshold.unwrap_or(3),
+                check,
+            }
+        });
+    let passive = u.passive.clone().unwrap_or_default();
+    Some(Upstream {
+        name: Arc::from(u.name.as_str()),
+        tls,
+        targets,
+        selector,
+        hash_key,
+        connect_timeout,
+        read_timeout,
+        write_timeout,
+        total_timeout: u
+            .timeout
+            .or(p.timeout)
+            .map_or(Duration::from_secs(30), |m| m.duration()),
+        idle_timeout,
+        retries: u.retries.unwrap_or(0).min(10),
+        retry_backoff: u
+            .retry_backoff
+            .map_or(Duration::from_millis(25), |m| m.duration()),
+        passive_max_failures: passive.max_failures.unwrap_or(3),
+        passive_eject: passive
+            .eject_duration
+            .map_or(Duration::from_secs(10), |m| m.duration()),
+        host_from_client: u.host_header.as_deref() == Some("client"),
+        health,
+        config_hash: hash_of(u),
+    })
+}
+
+/// Compiles a validated config into a snapshot. `version` is the number the
+/// new snapshot carries. Errors (e.g. unresolvable hosts) carry paths.
+pub fn compile(
+    cfg: &FileConfig,
+    previous: Option<&Snapshot>,
+    version: u64,
+) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
+    let mut by_name: HashMap<String, Arc<Upstream>> = HashMap::new();
+    for (i, u) in cfg.upstreams.iter().enumerate() {
+        if let Some(up) =
+            compile_upstream(&format!("upstreams[{i}]"), u, cfg, previous, &mut errors)
+        {
+            let up = Arc::new(up);
+            by_name.insert(u.name.clone(), up.clone());
+            upstreams.push(up);
+        }
+    }
+    let default_body = cfg.proxy.max_body_size.map_or(10 << 20, |s| s.0);
+    let mut rules = Vec::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        if r.enabled == Some(false) {
+            continue;
+        }
+        let id: Arc<str> = Arc::from(r.id.clone().unwrap_or_else(|| format!("route-{i}")));
+        let url = r
+            .target_url
+            .clone()
+            .or(r.upstream.clone().filter(|u| u.contains("://")));
+        let up = match url {
+            Some(url) => {
+                let inline = UpstreamConfig {
+                    name: format!("route:{id}"),
+                    url: Some(url),
+                    ..Default::default()
+                };
+                match compile_upstream(
+                    &format!("routes[{i}].upstream"),
+                    &inline,
+                    cfg,
+                    previous,
+                    &mut errors,
+                ) {
+                    Some(u) => {
+                        let u = Arc::new(u);
+                        upstreams.push(u.clone());
+                        u
+                    }
+                    None => continue,
+                }
+            }
+            None => match r.upstream.as_ref().and_then(|n| by_name.get(n)) {
+                Some(u) => u.clone(),
+                None => continue, // reported by validation or by the upstream's own error
+            },
+        };
+        let pattern = match PathPattern::parse(&r.path) {
+            Ok(p) => p,
+            Err(m) => {
+                errors.push(ConfigError::new(format!("routes[{i}].path"), m));
+                continue;
+            }
+        };
+        let rewrite = match (&r.rewrite, r.strip_prefix) {
+            (Some(with), _) => PathRewrite::ReplacePrefix {
+                prefix: pattern.literal_prefix().to_string(),
+                with: with.clone(),
+            },
+            (None, Some(true)) => PathRewrite::ReplacePrefix {
+                prefix: pattern.literal_prefix().to_string(),
+                with: String::new(),
+            },
+            _ => PathRewrite::None,
+        };
+        let route = Route {
+            id,
+            total_timeout: r.timeout.map_or(up.total_timeout, |m| m.duration()),
+            upstream: up,
+            auth: r.auth.unwrap_or_default(),
+            rewrite,
+            request_headers: HeaderOps::compile(&r.request_headers),
+            response_headers: HeaderOps::compile(&r.response_headers),
+            max_body: r.max_body_size.map_or(default_body, |s| s.0),
+            retry_non_idempotent: r.retry_non_idempotent.unwrap_or(false),
+            websocket: r.websocket.unwrap_or(false),
+            ip_rules: IpRules::from_lists(&r.allow_ips, &r.deny_ips),
+        };
+        let rule = RouteRule {
+            pattern,
+            host: r.host.as_deref().map(HostPattern::parse),
+            methods: MethodSet::from_names(&r.methods),
+            priority: r.priority.unwrap_or(0),
+        };
+        rules.push((rule, Arc::new(route)));
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+
+    let mut keys = KeyIndex::default();
+    if let Some(auth) = &cfg.security.auth {
+        keys.header =
+            HeaderName::from_bytes(auth.header.as_deref().unwrap_or("x-api-key").as_bytes()).ok();
+        for (i, k) in auth.keys.iter().enumerate() {
+            let mut digest = [0u8; 32];
+            if hex_decode(&k.key, &mut digest) {
+                let name = k.name.clone().unwrap_or_else(|| format!("key-{i}"));
+                keys.keys.insert(digest, Arc::from(name.as_str()));
+            }
+        }
+    }
+    let l = &cfg.proxy.limits;
+    let via_name = cfg.proxy.via_name.clone().unwrap_or_else(default_via_name);
+    let sampling = cfg.logging.sampling.clone().unwrap_or_default();
+    Ok(Snapshot {
+        version,
+        router: Router::new(rules),
+        upstreams,
+        keys,
+        trusted_proxies: cfg
+            .proxy
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| parse_cidr(c).ok())
+            .collect(),
+        ip_rules: IpRules::from_lists(&cfg.security.allow_ips, &cfg.security.deny_ips),
+        limits: EdgeLimits {
+            max_header_bytes: l.max_header_bytes.map_or(60 << 10, |b| b.0 as usize),
+            max_headers: l.max_headers.unwrap_or(100),
+            max_uri_bytes: l.max_uri_bytes.map_or(8 << 10, |b| b.0 as usize),
+        },
+        access_log: cfg.logging.access_log.unwrap_or(true),
+        success_sample: sampling.success_rate.unwrap_or(1.0),
+        error_sample: sampling.error_rate.unwrap_or(1.0),
+        via_entry: HeaderValue::from_str(&format!("1.1 {via_name}"))
+            .unwrap_or(HeaderValue::from_static("1.1 flexgate")),
+        via_name,
+        health_endpoints: cfg.proxy.health_endpoints.unwrap_or(true),
+    })
+}
+
+/// Decodes 64 lowercase hex characters into 32 bytes.
+pub fn hex_decode(text: &str, out: &mut [u8; 32]) -> bool {
+    let b = text.as_bytes();
+    if b.len() != 64 {
+        return false;
+    }
+    let val = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    for i in 0..32 {
+        match (val(b[2 * i]), val(b[2 * i + 1])) {
+            (Some(h), Some(l)) => out[i] = h << 4 | l,
+            _ => return false,
+        }
+    }
+    true
+}
