@@ -30,15 +30,27 @@ fn check_names_the_allowed_hosts_contradiction_of_the_full_example() {
         err.contains("upstreams[0].url: host \"api.primary.com\" is not in security.allowedHosts"),
         "{err}"
     );
-    assert!(err.contains("upstreams[1].url: host \"api.fallback.com\""), "{err}");
-    assert_eq!(err.lines().filter(|l| l.starts_with("  ")).count(), 2, "only that problem: {err}");
+    assert!(
+        err.contains("upstreams[1].url: host \"api.fallback.com\""),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("  ")).count(),
+        2,
+        "only that problem: {err}"
+    );
 }
 
 #[test]
 fn check_rejects_placeholder_key_digests_of_the_quickstart_example() {
     let (code, _, err) = run_cli(&["check", "-c", &fixture("seed-quickstart.yaml")]);
     assert_eq!(code, 1);
-    assert!(err.contains("security.auth.keys[0].key: \"client-a-key-sha256-hash\" is not a SHA-256 digest"), "{err}");
+    assert!(
+        err.contains(
+            "security.auth.keys[0].key: \"client-a-key-sha256-hash\" is not a SHA-256 digest"
+        ),
+        "{err}"
+    );
     assert!(err.contains("security.auth.keys[1].key"), "{err}");
 }
 
@@ -81,7 +93,11 @@ logging:
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 
-    std::fs::write(&path, "routes:\n  - path: /a\n    upstrem: x\n    colour: red\nproxi: {}\n").unwrap();
+    std::fs::write(
+        &path,
+        "routes:\n  - path: /a\n    upstrem: x\n    colour: red\nproxi: {}\n",
+    )
+    .unwrap();
     let (code, _, err) = run_cli(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("routes[0].upstrem: unknown key"), "{err}");
@@ -91,11 +107,17 @@ logging:
     std::fs::write(&path, "upstreams:\n  - name: a\n    timeout: [1\n").unwrap();
     let (code, _, err) = run_cli(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("line"), "syntax errors carry a position: {err}");
+    assert!(
+        err.contains("line"),
+        "syntax errors carry a position: {err}"
+    );
 
     let (code, _, err) = run_cli(&["check", "-c", "/nonexistent/flexgate.yaml"]);
     assert_eq!(code, 1);
-    assert!(err.contains("cannot read config file /nonexistent/flexgate.yaml"), "{err}");
+    assert!(
+        err.contains("cannot read config file /nonexistent/flexgate.yaml"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -105,7 +127,10 @@ fn a_route_to_our_own_listener_is_a_loop() {
     std::fs::write(&path, "proxy:\n  port: 3000\nupstreams:\n  - name: self\n    url: http://127.0.0.1:3000\nroutes:\n  - path: /*\n    upstream: self\n").unwrap();
     let (code, _, err) = run_cli(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("upstreams[0].url: \"http://127.0.0.1:3000\" is FlexGate's own listener"), "{err}");
+    assert!(
+        err.contains("upstreams[0].url: \"http://127.0.0.1:3000\" is FlexGate's own listener"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -116,7 +141,10 @@ fn init_writes_a_valid_starter_config_and_never_overwrites() {
     let (code, out, _) = run_cli(&["init", p]);
     assert_eq!(code, 0, "{out}");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("# FlexGate configuration"), "commented starter");
+    assert!(
+        text.starts_with("# FlexGate configuration"),
+        "commented starter"
+    );
     assert_eq!(run_cli(&["check", "-c", p]).0, 0);
     std::fs::write(&path, "mine").unwrap();
     let (code, _, err) = run_cli(&["init", p]);
@@ -129,10 +157,16 @@ fn init_writes_a_valid_starter_config_and_never_overwrites() {
 fn version_and_key_hash() {
     let (code, out, _) = run_cli(&["version"]);
     assert_eq!(code, 0);
-    assert!(out.starts_with(&format!("flexgate {}", env!("CARGO_PKG_VERSION"))), "{out}");
+    assert!(
+        out.starts_with(&format!("flexgate {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
     let (code, out, _) = run_cli(&["keys", "hash", "abc"]);
     assert_eq!(code, 0);
-    assert_eq!(out.trim(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        out.trim(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
 }
 
 #[test]
@@ -142,11 +176,17 @@ fn start_refuses_an_invalid_config() {
     std::fs::write(&path, "routes:\n  - path: /a\n    upstream: nowhere\n").unwrap();
     let (code, _, err) = run_cli(&["start", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("routes[0].upstream: unknown upstream \"nowhere\""), "{err}");
+    assert!(
+        err.contains("routes[0].upstream: unknown upstream \"nowhere\""),
+        "{err}"
+    );
 }
 
 fn one_route(up: &TestUpstream) -> String {
-    format!("upstreams:\n  - name: app\n    url: \"{}\"\nroutes:\n  - path: /*\n    upstream: app\n", up.url())
+    format!(
+        "upstreams:\n  - name: app\n    url: \"{}\"\nroutes:\n  - path: /*\n    upstream: app\n",
+        up.url()
+    )
 }
 
 #[test]
@@ -154,7 +194,15 @@ fn port_variable_overrides_the_listener() {
     let up = TestUpstream::start("app", Behavior::Ok);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
-    std::fs::write(&path, format!("{}{}", proxy_section(free_port(), dir.path()), one_route(&up))).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{}{}",
+            proxy_section(free_port(), dir.path()),
+            one_route(&up)
+        ),
+    )
+    .unwrap();
     let port = free_port();
     let mut child = std::process::Command::new(flexgate_bin())
         .args(["start", "-c", path.to_str().unwrap()])
@@ -163,8 +211,14 @@ fn port_variable_overrides_the_listener() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let ok = eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    let status = if ok { request(port, "GET", "/x", &[], b"").status } else { 0 };
+    let ok = eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let status = if ok {
+        request(port, "GET", "/x", &[], b"").status
+    } else {
+        0
+    };
     let _ = child.kill();
     let _ = child.wait();
     assert!(ok, "gateway did not listen on PORT {port}");
@@ -172,7 +226,9 @@ fn port_variable_overrides_the_listener() {
 }
 
 fn ready_version(port: u16) -> u64 {
-    request(port, "GET", "/health/ready", &[], b"").json()["checks"]["config"]["version"].as_u64().unwrap()
+    request(port, "GET", "/health/ready", &[], b"").json()["checks"]["config"]["version"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Sends requests from two threads (keep-alive and fresh connections) until
@@ -200,11 +256,18 @@ fn traffic(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, 
                         match r {
                             Ok(r) if r.status == 200 => {
                                 ok.fetch_add(1, Ordering::Relaxed);
-                                if w == 0 && r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                                if w == 0
+                                    && r.header("connection")
+                                        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                                {
                                     keepalive = Client::connect(port);
                                 }
                             }
-                            Ok(r) => failures.lock().unwrap().push(format!("status {}: {}", r.status, r.text())),
+                            Ok(r) => failures.lock().unwrap().push(format!(
+                                "status {}: {}",
+                                r.status,
+                                r.text()
+                            )),
                             Err(e) => {
                                 failures.lock().unwrap().push(format!("io: {e}"));
                                 keepalive = Client::connect(port);
@@ -229,7 +292,9 @@ fn file_change_reloads_under_traffic_and_a_bad_file_keeps_the_old_config() {
     let gw = Gateway::start("", &one_route(&a));
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(gw.port, stop.clone());
-    gw.wait_until("traffic to reach a", Duration::from_secs(5), || a.hits() > 20);
+    gw.wait_until("traffic to reach a", Duration::from_secs(5), || {
+        a.hits() > 20
+    });
 
     gw.rewrite_config(&one_route(&b));
     gw.wait_until("reload to b", Duration::from_secs(10), || {
@@ -237,19 +302,36 @@ fn file_change_reloads_under_traffic_and_a_bad_file_keeps_the_old_config() {
     });
     assert_eq!(ready_version(gw.port), 2);
     let b_before = b.hits();
-    gw.wait_until("traffic on the new config", Duration::from_secs(5), || b.hits() > b_before + 20);
+    gw.wait_until("traffic on the new config", Duration::from_secs(5), || {
+        b.hits() > b_before + 20
+    });
 
     // A broken file: the old config stays live, the log says exactly why.
     gw.rewrite_config("routes:\n  - path: /*\n    upstream: missing\n");
-    gw.wait_until("rejection in the log", Duration::from_secs(10), || gw.log().contains("config reload rejected"));
-    assert!(gw.log().contains("routes[0].upstream: unknown upstream \\\"missing\\\""), "{}", gw.log());
-    assert_eq!(request(gw.port, "GET", "/still", &[], b"").header("x-upstream"), Some("b"));
+    gw.wait_until("rejection in the log", Duration::from_secs(10), || {
+        gw.log().contains("config reload rejected")
+    });
+    assert!(
+        gw.log()
+            .contains("routes[0].upstream: unknown upstream \\\"missing\\\""),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        request(gw.port, "GET", "/still", &[], b"").header("x-upstream"),
+        Some("b")
+    );
     assert_eq!(ready_version(gw.port), 2);
 
     stop.store(true, Ordering::Relaxed);
     let (ok, failures) = load.join().unwrap();
     assert!(ok > 50, "traffic ran ({ok} requests)");
-    assert!(failures.is_empty(), "{} failed requests during reloads: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed requests during reloads: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
 }
 
 #[test]
@@ -258,7 +340,9 @@ fn sighup_reloads_even_when_the_file_did_not_change() {
     let gw = Gateway::start("", &one_route(&a));
     assert_eq!(ready_version(gw.port), 1);
     gw.signal("HUP");
-    gw.wait_until("version 2 after SIGHUP", Duration::from_secs(10), || ready_version(gw.port) == 2);
+    gw.wait_until("version 2 after SIGHUP", Duration::from_secs(10), || {
+        ready_version(gw.port) == 2
+    });
     assert!(gw.log().contains("SIGHUP received"));
     assert_eq!(request(gw.port, "GET", "/x", &[], b"").status, 200);
 }
@@ -269,15 +353,29 @@ fn sigterm_drains_the_request_in_flight_then_exits() {
     let mut gw = Gateway::start("", &one_route(&slow));
     let port = gw.port;
     let in_flight = std::thread::spawn(move || request(port, "GET", "/slow", &[], b""));
-    gw.wait_until("the request to reach the upstream", Duration::from_secs(5), || slow.requests.lock().unwrap().len() == 1);
+    gw.wait_until(
+        "the request to reach the upstream",
+        Duration::from_secs(5),
+        || slow.requests.lock().unwrap().len() == 1,
+    );
     let sent = Instant::now();
     gw.signal("TERM");
     let r = in_flight.join().unwrap();
-    assert_eq!(r.status, 200, "the in-flight request completes: {}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "the in-flight request completes: {}",
+        r.text()
+    );
     assert_eq!(r.text(), "slow /slow");
     // The process exits within the grace period (2 s) plus the drain timeout.
-    let exited = eventually(Duration::from_secs(10), || matches!(gw.child.try_wait(), Ok(Some(_))));
+    let exited = eventually(Duration::from_secs(10), || {
+        matches!(gw.child.try_wait(), Ok(Some(_)))
+    });
     assert!(exited, "process exited after SIGTERM");
     assert!(sent.elapsed() < Duration::from_secs(10));
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no longer listening");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "no longer listening"
+    );
 }
