@@ -98,14 +98,21 @@ pub fn run(opts: StartOptions) -> Result<(), String> {
     server.add_service(plain);
     if let Some(tls) = &boot.tls {
         let mut secure = proxy_service(&server, &handle, &boot, &stats, &counters, true);
-        secure
-            .add_tls(&tls.listen, &tls.cert, &tls.key)
-            .map_err(|e| {
-                format!(
-                    "proxy.tls: cannot use certificate {} / key {}: {e}",
-                    tls.cert, tls.key
-                )
-            })?;
+        for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+            std::fs::File::open(file)
+                .map_err(|e| format!("proxy.tls.{key}: cannot read {file}: {e}"))?;
+        }
+        let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate(
+            &tls.cert, &tls.key,
+        )
+        .map_err(|e| {
+            format!(
+                "proxy.tls: cannot use certificate {} / key {}: {e}",
+                tls.cert, tls.key
+            )
+        })?;
+        settings.enable_h2();
+        secure.add_tls_with_settings(&tls.listen, None, settings);
         server.add_service(secure);
     }
     server.add_service(background_service(
