@@ -9,7 +9,7 @@
 //! Boot settings (listeners, threads, admin address) are not reloadable: a
 //! change there is reported as needing a restart or binary upgrade.
 
-use crate::config::{self, ConfigErrors, FileConfig};
+use crate::config::{self, BootConfig, ConfigErrors};
 use crate::snapshot::{self, Snapshot};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -32,8 +32,9 @@ pub struct ConfigHandle {
     /// Counters visible to tests/metrics.
     pub reloads: AtomicU64,
     pub rejected_reloads: AtomicU64,
-    /// The boot part as loaded at start (to warn about unreloadable changes).
-    boot_text: String,
+    /// Boot settings as loaded at start (to warn about unreloadable changes).
+    boot: BootConfig,
+    port_override: Option<u16>,
 }
 
 fn text_hash(t: &str) -> u64 {
@@ -42,26 +43,13 @@ fn text_hash(t: &str) -> u64 {
     h.finish()
 }
 
-fn boot_fingerprint(cfg: &FileConfig) -> String {
-    let mut p = cfg.proxy.clone();
-    // `proxy` keys read per snapshot are reloadable.
-    p.trusted_proxies.clear();
-    p.timeout = None;
-    p.connect_timeout = None;
-    p.read_timeout = None;
-    p.write_timeout = None;
-    p.max_body_size = None;
-    p.limits.max_header_bytes = None;
-    p.limits.max_headers = None;
-    p.limits.max_uri_bytes = None;
-    p.via_name = None;
-    p.health_endpoints = None;
-    serde_json::to_string(&(&p, &cfg.admin)).unwrap_or_default()
-}
-
 impl ConfigHandle {
     /// Loads, validates and compiles the file for the first time.
-    pub fn load(path: &Path) -> Result<(ConfigHandle, FileConfig), ConfigErrors> {
+    /// `port_override` is the `PORT` variable.
+    pub fn load(
+        path: &Path,
+        port_override: Option<u16>,
+    ) -> Result<(ConfigHandle, BootConfig, config::FileConfig), ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![config::ConfigError::new(
                 "",
@@ -69,7 +57,8 @@ impl ConfigHandle {
             )])
         })?;
         let cfg = config::parse_and_validate(&text)?;
-        let snap = snapshot::compile(&cfg, None, 1)?;
+        let snap = snapshot::compile(&cfg.dynamic(), None, 1)?;
+        let boot = BootConfig::from_file(&cfg, port_override);
         Ok((
             ConfigHandle {
                 live: ArcSwap::from_pointee(snap),
@@ -78,8 +67,10 @@ impl ConfigHandle {
                 reloading: Mutex::new(()),
                 reloads: AtomicU64::new(0),
                 rejected_reloads: AtomicU64::new(0),
-                boot_text: boot_fingerprint(&cfg),
+                boot: boot.clone(),
+                port_override,
             },
+            boot,
             cfg,
         ))
     }
@@ -117,14 +108,14 @@ impl ConfigHandle {
                 return self.reject(e);
             }
         };
-        let snap = match snapshot::compile(&cfg, Some(&prev), prev.version + 1) {
+        let snap = match snapshot::compile(&cfg.dynamic(), Some(&prev), prev.version + 1) {
             Ok(s) => s,
             Err(e) => {
                 self.file_hash.store(hash, Ordering::Relaxed);
                 return self.reject(e);
             }
         };
-        if boot_fingerprint(&cfg) != self.boot_text {
+        if BootConfig::from_file(&cfg, self.port_override) != self.boot {
             tracing::warn!(
                 "config reload: proxy listener/process or admin settings changed; they apply after a restart or binary upgrade (flexgate start -u)"
             );

@@ -7,7 +7,7 @@
 //! within `proxy.gracePeriod`, `SIGQUIT` hands listeners to a new process
 //! started with `-u`, `SIGHUP` reloads the dynamic config.
 
-use crate::config::{BootConfig, FileConfig};
+use crate::config::BootConfig;
 use crate::health::HealthChecker;
 use crate::proxy::edge::{ConnCounters, EdgeApp};
 use crate::proxy::{Gateway, ProxyStats};
@@ -61,9 +61,8 @@ fn proxy_service(
 
 /// Builds the server and runs it; returns only on a start-up error.
 pub fn run(opts: StartOptions) -> Result<(), String> {
-    let (handle, file): (ConfigHandle, FileConfig) = ConfigHandle::load(&opts.config_path)
+    let (handle, boot, file) = ConfigHandle::load(&opts.config_path, opts.port_override)
         .map_err(|e| format!("invalid config {}:\n{e}", opts.config_path.display()))?;
-    let boot = BootConfig::from_file(&file, opts.port_override);
     let _log_guard = crate::logging::init(&file.logging, opts.daemon);
     let handle = Arc::new(handle);
 

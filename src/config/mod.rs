@@ -149,7 +149,7 @@ fn yaml_path(dotted: &str) -> String {
 
 /// Settings fixed for the life of a process (a change needs a restart or a
 /// binary upgrade). Defaults are the edge profile of the README.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BootConfig {
     pub listen: Vec<SocketAddr>,
     pub tls: Option<TlsSection>,
@@ -164,6 +164,79 @@ pub struct BootConfig {
     pub keepalive_requests: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+}
+
+/// The reloadable part of a config: what `snapshot::compile` reads. Boot
+/// settings ([`BootConfig`]) are deliberately absent, so a reload cannot
+/// depend on them by accident.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DynamicConfig {
+    pub defaults: ProxyDefaults,
+    pub security: SecuritySection,
+    pub rate_limit: RateLimitSection,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub logging: LoggingSection,
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// The reloadable keys of `proxy:` (defaults for upstreams/routes, edge limits).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyDefaults {
+    pub timeout: Option<units::Millis>,
+    pub connect_timeout: Option<units::Millis>,
+    pub read_timeout: Option<units::Millis>,
+    pub write_timeout: Option<units::Millis>,
+    pub max_body_size: Option<units::ByteSize>,
+    pub trusted_proxies: Vec<String>,
+    pub max_header_bytes: Option<units::ByteSize>,
+    pub max_headers: Option<usize>,
+    pub max_uri_bytes: Option<units::ByteSize>,
+    pub via_name: Option<String>,
+    pub health_endpoints: Option<bool>,
+}
+
+impl FileConfig {
+    /// The reloadable part (exhaustive destructuring: a new section must be
+    /// placed on one side or the other).
+    pub fn dynamic(&self) -> DynamicConfig {
+        let FileConfig {
+            proxy,
+            admin: _,
+            security,
+            rate_limit,
+            upstreams,
+            routes,
+            logging,
+            webhooks,
+            database: _,
+            redis: _,
+            nats: _,
+        } = self;
+        DynamicConfig {
+            defaults: ProxyDefaults {
+                timeout: proxy.timeout,
+                connect_timeout: proxy.connect_timeout,
+                read_timeout: proxy.read_timeout,
+                write_timeout: proxy.write_timeout,
+                max_body_size: proxy.max_body_size,
+                trusted_proxies: proxy.trusted_proxies.clone(),
+                max_header_bytes: proxy.limits.max_header_bytes,
+                max_headers: proxy.limits.max_headers,
+                max_uri_bytes: proxy.limits.max_uri_bytes,
+                via_name: proxy.via_name.clone(),
+                health_endpoints: proxy.health_endpoints,
+            },
+            security: security.clone(),
+            rate_limit: rate_limit.clone(),
+            upstreams: upstreams.clone(),
+            routes: routes.clone(),
+            logging: logging.clone(),
+            webhooks: webhooks.clone(),
+        }
+    }
 }
 
 /// Default proxy port (the original project's).

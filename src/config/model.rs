@@ -85,8 +85,8 @@ pub struct ProxySection {
 }
 
 /// `proxy.tls:` — a TLS listener with one certificate.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TlsSection {
     /// Listen address, e.g. `"0.0.0.0:3443"`.
     pub listen: String,

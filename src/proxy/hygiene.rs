@@ -139,6 +139,15 @@ pub fn check_request(req: &RequestHeader, limits: &EdgeLimits, via_name: &str) -
     None
 }
 
+/// True when a raw request head carries a `Content-Length` line. Pingora
+/// drops `Content-Length` from the parsed head when `Transfer-Encoding` is
+/// present, so the CL+TE conflict can only be seen in the raw bytes.
+pub fn raw_head_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
 /// True when a `Via` value lists `name` as a received-by pseudonym.
 fn via_contains(via: &[u8], name: &[u8]) -> bool {
     via.split(|&b| b == b',').any(|entry| {
@@ -352,6 +361,17 @@ mod tests {
         let long =
             RequestHeader::build("GET", format!("/{}", "a".repeat(100)).as_bytes(), None).unwrap();
         assert_eq!(check_request(&long, &l, "fg").unwrap().status, 414);
+    }
+
+    #[test]
+    fn raw_content_length_detection() {
+        assert!(raw_head_has_content_length(b"POST / HTTP/1.1\r\nHost: a\r\nContent-length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(!raw_head_has_content_length(
+            b"POST /content-length: HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(!raw_head_has_content_length(
+            b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\n\r\n"
+        ));
     }
 
     #[test]

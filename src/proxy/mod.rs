@@ -228,6 +228,21 @@ impl ProxyHttp for Gateway {
             }
             return self.reply(session, ctx, reply).await;
         }
+        if req.headers.contains_key(header::TRANSFER_ENCODING) {
+            let raw_cl = session.as_downstream().as_http1().is_some_and(|h1| {
+                hygiene::raw_head_has_content_length(&h1.get_headers_raw_bytes())
+            });
+            if raw_cl {
+                let reply = GatewayReply::new(
+                    400,
+                    "bad_request",
+                    "Content-Length and Transfer-Encoding together",
+                )
+                .closing(true);
+                return self.reply(session, ctx, reply).await;
+            }
+        }
+        let req = session.req_header();
         let path = req.uri.path();
         if has_dot_segments(path) {
             return self
@@ -367,6 +382,12 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.deadline.is_some_and(|d| Instant::now() > d) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(408),
+                "request body not received within the route timeout",
+            );
+        }
         if let (Some(b), Some(route)) = (body.as_ref(), ctx.route.as_ref()) {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > route.max_body {
@@ -639,7 +660,20 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let reply = respond::reply_for_error(e);
+        let mut reply = respond::reply_for_error(e);
+        // A timeout while the client has not finished sending its body is the
+        // client's slowness, not the upstream's.
+        if matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        ) && !session.as_downstream_mut().is_body_done()
+        {
+            reply = Some(GatewayReply::new(
+                408,
+                "request_timeout",
+                "the request body was not received in time",
+            ));
+        }
         let code = match reply {
             Some(reply) if session.as_ref().response_written().is_none() => {
                 let status = reply.status;

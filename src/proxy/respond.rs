@@ -112,6 +112,10 @@ pub fn reply_for_error(e: &Error) -> Option<GatewayReply> {
                 "request body is larger than this route accepts",
             ),
             504 => ("upstream_timeout", "the upstream did not answer in time"),
+            408 => (
+                "request_timeout",
+                "the request body was not received in time",
+            ),
             400 => ("bad_request", "malformed request"),
             _ => ("error", "request failed"),
         };

@@ -15,7 +15,7 @@ pub mod upstream;
 
 use crate::config::{parse_cidr, parse_target_url, TargetUrl};
 use crate::config::{
-    ConfigError, ConfigErrors, FileConfig, HeaderRules, RouteAuth, UpstreamConfig,
+    ConfigError, ConfigErrors, DynamicConfig, HeaderRules, RouteAuth, UpstreamConfig,
 };
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
@@ -202,11 +202,11 @@ fn resolve(t: &TargetUrl) -> Result<SocketAddr, String> {
 fn compile_upstream(
     path: &str,
     u: &UpstreamConfig,
-    cfg: &FileConfig,
+    cfg: &DynamicConfig,
     previous: Option<&Snapshot>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Upstream> {
-    let p = &cfg.proxy;
+    let p = &cfg.defaults;
     let blocked: Vec<IpNet> = cfg
         .security
         .blocked_ips
@@ -395,7 +395,7 @@ fn compile_upstream(
 /// Compiles a validated config into a snapshot. `version` is the number the
 /// new snapshot carries. Errors (e.g. unresolvable hosts) carry paths.
 pub fn compile(
-    cfg: &FileConfig,
+    cfg: &DynamicConfig,
     previous: Option<&Snapshot>,
     version: u64,
 ) -> Result<Snapshot, ConfigErrors> {
@@ -411,7 +411,7 @@ pub fn compile(
             upstreams.push(up);
         }
     }
-    let default_body = cfg.proxy.max_body_size.map_or(10 << 20, |s| s.0);
+    let default_body = cfg.defaults.max_body_size.map_or(10 << 20, |s| s.0);
     let mut rules = Vec::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         if r.enabled == Some(false) {
@@ -504,8 +504,12 @@ pub fn compile(
             }
         }
     }
-    let l = &cfg.proxy.limits;
-    let via_name = cfg.proxy.via_name.clone().unwrap_or_else(default_via_name);
+    let l = &cfg.defaults;
+    let via_name = cfg
+        .defaults
+        .via_name
+        .clone()
+        .unwrap_or_else(default_via_name);
     let sampling = cfg.logging.sampling.clone().unwrap_or_default();
     Ok(Snapshot {
         version,
@@ -513,7 +517,7 @@ pub fn compile(
         upstreams,
         keys,
         trusted_proxies: cfg
-            .proxy
+            .defaults
             .trusted_proxies
             .iter()
             .filter_map(|c| parse_cidr(c).ok())
@@ -530,7 +534,7 @@ pub fn compile(
         via_entry: HeaderValue::from_str(&format!("1.1 {via_name}"))
             .unwrap_or(HeaderValue::from_static("1.1 flexgate")),
         via_name,
-        health_endpoints: cfg.proxy.health_endpoints.unwrap_or(true),
+        health_endpoints: cfg.defaults.health_endpoints.unwrap_or(true),
     })
 }
 
