@@ -13,7 +13,9 @@
 pub mod accesslog;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod health;
+pub mod limit;
 pub mod logging;
 pub mod proxy;
 pub mod reload;

@@ -10,6 +10,7 @@
 //! Compiling resolves host names (blocking DNS): callers run it off the
 //! request path (start-up, the reload task).
 
+pub mod breaker;
 pub mod router;
 pub mod upstream;
 

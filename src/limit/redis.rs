@@ -1,0 +1,191 @@
+//! The Redis rate-limit backend: one `EVALSHA` per decision (INCR + PEXPIRE
+//! + PTTL in one atomic script, fixed window starting at the first hit), so
+//! every node sharing the Redis counts into the same buckets.
+//!
+//! Failure handling: each call has [`CALL_TIMEOUT`]; an error or timeout
+//! marks Redis down (logged once, counted) and requests decide locally
+//! without touching Redis; a background probe (`PING` every 250 ms) marks it
+//! up again (logged, counted). Requests never wait on a Redis known to be down.
+
+use super::{Decision, LimitRule};
+use async_trait::async_trait;
+use fred::prelude::*;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Longest a request waits for Redis.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(50);
+
+const SCRIPT: &str = r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+"#;
+
+/// Shared Redis limiter state.
+pub struct RedisLimiter {
+    url: String,
+    client: OnceLock<Client>,
+    sha: OnceLock<String>,
+    down: AtomicBool,
+    pub failures: AtomicU64,
+    pub fallbacks: AtomicU64,
+    pub recoveries: AtomicU64,
+}
+
+impl RedisLimiter {
+    pub fn new(url: String) -> Arc<RedisLimiter> {
+        Arc::new(RedisLimiter {
+            url,
+            client: OnceLock::new(),
+            sha: OnceLock::new(),
+            down: AtomicBool::new(true),
+            failures: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+        })
+    }
+
+    /// True while Redis answers.
+    pub fn is_up(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+
+    fn mark_down(&self, why: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                reason = why,
+                "redis rate limiter unavailable: deciding limits locally until it answers again"
+            );
+            crate::events::emit(
+                "rate_limit.backend_down",
+                serde_json::json!({ "backend": "redis", "reason": why }),
+            );
+        }
+    }
+
+    /// Decides one rule: Redis when up, else (or on failure) locally.
+    pub async fn check(
+        &self,
+        rule: &LimitRule,
+        key: &str,
+        ip: std::net::IpAddr,
+        consumer: Option<&str>,
+    ) -> Decision {
+        if self.is_up() {
+            if let (Some(client), Some(sha)) = (self.client.get(), self.sha.get()) {
+                let redis_key = format!(
+                    "flexgate:rl:{}:{}:{}:{}",
+                    rule.id,
+                    rule.max,
+                    rule.window.as_millis(),
+                    key
+                );
+                let call = client.evalsha::<Vec<i64>, _, _, _>(
+                    sha.as_str(),
+                    redis_key,
+                    rule.window.as_millis() as i64,
+                );
+                match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                    Ok(Ok(v)) if v.len() == 2 => {
+                        return rule.decision(
+                            v[0].max(0) as u64,
+                            Duration::from_millis(v[1].max(0) as u64),
+                        );
+                    }
+                    Ok(Ok(_)) => self.mark_down("unexpected script reply"),
+                    Ok(Err(e)) => self.mark_down(&e.to_string()),
+                    Err(_) => self.mark_down("timeout"),
+                }
+            }
+        }
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        rule.check_local(ip, consumer)
+    }
+
+    async fn probe(&self, client: &Client) -> bool {
+        let ping = async {
+            client.ping::<String>(None).await?;
+            if self.sha.get().is_none() {
+                let sha: String = client.script_load(SCRIPT).await?;
+                let _ = self.sha.set(sha);
+            } else {
+                // The script cache is lost when Redis restarts: load it again (idempotent).
+                let _: String = client.script_load(SCRIPT).await?;
+            }
+            Ok::<_, fred::error::Error>(())
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_millis(200), ping).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+/// Background service: connects, then watches Redis and flips it up/down.
+pub struct RedisLimiterService {
+    pub limiter: Arc<RedisLimiter>,
+}
+
+#[async_trait]
+impl BackgroundService for RedisLimiterService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let l = &self.limiter;
+        let config = match Config::from_url(&l.url) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    "rateLimit.redis.url {:?} is not usable: {e}; limits stay local",
+                    l.url
+                );
+                return;
+            }
+        };
+        let client = match Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_millis(500);
+                c.internal_command_timeout = Duration::from_millis(500);
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = Duration::from_millis(200);
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, 250))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("cannot create the redis client: {e}; limits stay local");
+                return;
+            }
+        };
+        let _connection = client.init().await;
+        let _ = l.client.set(client.clone());
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => { let _ = client.quit().await; return; }
+                _ = tick.tick() => {}
+            }
+            if !l.is_up() && l.probe(&client).await && l.down.swap(false, Ordering::Relaxed) {
+                l.recoveries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "redis rate limiter available again: limits are shared across nodes"
+                );
+                crate::events::emit(
+                    "rate_limit.backend_up",
+                    serde_json::json!({ "backend": "redis" }),
+                );
+            }
+        }
+    }
+}
