@@ -9,6 +9,7 @@
 
 use crate::config::BootConfig;
 use crate::health::HealthChecker;
+use crate::limit::redis::{RedisLimiter, RedisLimiterService};
 use crate::proxy::edge::{ConnCounters, EdgeApp};
 use crate::proxy::{Gateway, ProxyStats};
 use crate::reload::{ConfigHandle, ReloadService};
@@ -35,10 +36,12 @@ fn proxy_service(
     boot: &BootConfig,
     stats: &Arc<ProxyStats>,
     counters: &Arc<ConnCounters>,
+    redis: &Option<Arc<RedisLimiter>>,
     tls: bool,
 ) -> Service<EdgeApp> {
     let gateway = Gateway {
         config: handle.clone(),
+        redis: redis.clone(),
         stats: stats.clone(),
         tls,
     };
@@ -89,14 +92,34 @@ pub fn run(opts: StartOptions) -> Result<(), String> {
     server.bootstrap();
 
     let stats = Arc::new(ProxyStats::default());
+    // The Redis URL is a boot setting: read once at start.
+    let redis = (file.rate_limit.backend.as_deref() == Some("redis"))
+        .then(|| {
+            file.rate_limit
+                .redis
+                .as_ref()
+                .and_then(|r| r.url.clone())
+                .or_else(|| file.redis.as_ref().and_then(|r| r.url.clone()))
+                .or_else(|| std::env::var("REDIS_URL").ok())
+        })
+        .flatten()
+        .map(RedisLimiter::new);
+    if let Some(limiter) = &redis {
+        server.add_service(background_service(
+            "redis rate limiter",
+            RedisLimiterService {
+                limiter: limiter.clone(),
+            },
+        ));
+    }
     let counters = Arc::new(ConnCounters::default());
-    let mut plain = proxy_service(&server, &handle, &boot, &stats, &counters, false);
+    let mut plain = proxy_service(&server, &handle, &boot, &stats, &counters, &redis, false);
     for addr in &boot.listen {
         plain.add_tcp(&addr.to_string());
     }
     server.add_service(plain);
     if let Some(tls) = &boot.tls {
-        let mut secure = proxy_service(&server, &handle, &boot, &stats, &counters, true);
+        let mut secure = proxy_service(&server, &handle, &boot, &stats, &counters, &redis, true);
         for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
             std::fs::File::open(file)
                 .map_err(|e| format!("proxy.tls.{key}: cannot read {file}: {e}"))?;

@@ -13,7 +13,9 @@
 pub mod model;
 pub mod units;
 mod validate;
-pub use validate::{host_allowed, parse_cidr, parse_target_url, TargetUrl};
+pub use validate::{
+    host_allowed, parse_cidr, parse_target_url, SsrfPolicy, TargetUrl, METADATA_BLOCK,
+};
 
 pub use model::*;
 use std::fmt;
@@ -196,6 +198,7 @@ pub struct ProxyDefaults {
     pub max_uri_bytes: Option<units::ByteSize>,
     pub via_name: Option<String>,
     pub health_endpoints: Option<bool>,
+    pub max_in_flight: Option<usize>,
 }
 
 impl FileConfig {
@@ -228,6 +231,7 @@ impl FileConfig {
                 max_uri_bytes: proxy.limits.max_uri_bytes,
                 via_name: proxy.via_name.clone(),
                 health_endpoints: proxy.health_endpoints,
+                max_in_flight: proxy.max_in_flight,
             },
             security: security.clone(),
             rate_limit: rate_limit.clone(),

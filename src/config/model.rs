@@ -80,8 +80,10 @@ pub struct ProxySection {
     pub limits: LimitsSection,
     /// Also answer `/health/live` and `/health/ready` on the proxy port. Default true.
     pub health_endpoints: Option<bool>,
-    /// Name put in `Via` headers (loop detection). Default `flexgate`.
+    /// Name put in `Via` headers (loop detection). Default `flexgate-<hostname>`.
     pub via_name: Option<String>,
+    /// Requests in flight over all routes before shedding (503). Default 10000.
+    pub max_in_flight: Option<usize>,
 }
 
 /// `proxy.tls:` — a TLS listener with one certificate.
@@ -144,6 +146,10 @@ pub struct SecuritySection {
     pub allow_ips: Vec<String>,
     /// Client IP deny list (CIDRs) → 403.
     pub deny_ips: Vec<String>,
+    /// Addresses exempted from the built-in cloud-metadata block
+    /// (169.254.0.0/16, fd00:ec2::254) — only if you really proxy to them.
+    #[serde(rename = "allowedIPs")]
+    pub allowed_ips: Vec<String>,
 }
 
 /// `security.auth:`.
@@ -193,6 +199,10 @@ pub struct LimitConfig {
     pub requests: Option<u64>,
     /// Admin-API spelling: `window: "60s"` (same as `windowMs`).
     pub window: Option<Millis>,
+    /// What is counted: `ip` (default), `consumer` (API-key name), `all`.
+    pub by: Option<String>,
+    /// Message of the 429 body.
+    pub message: Option<String>,
 }
 
 /// One entry of `rateLimit.perRoute`.
@@ -203,6 +213,8 @@ pub struct PerRouteLimit {
     pub max: u64,
     pub window_ms: Option<Millis>,
     pub message: Option<String>,
+    /// `ip` (default), `consumer`, `all`.
+    pub by: Option<String>,
 }
 
 /// `{url}` of an external service (`database`, `redis`, `nats`).
@@ -365,6 +377,11 @@ pub struct RouteConfig {
     /// Client IP allow/deny for this route (CIDRs).
     pub allow_ips: Vec<String>,
     pub deny_ips: Vec<String>,
+    /// Requests in flight on this route before 503.
+    pub max_in_flight: Option<usize>,
+    /// Shedding class under global overload: `low` (shed first, above 70 %
+    /// of `proxy.maxInFlight`), `normal` (above 90 %, default), `high` (only at 100 %).
+    pub criticality: Option<String>,
 }
 
 /// `logging:`.

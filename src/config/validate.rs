@@ -88,6 +88,50 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is not an IP address or CIDR"))
 }
 
+/// The outbound-address policy (SSRF): `security.blockedIPs` plus the
+/// built-in cloud-metadata set, minus `security.allowedIPs`.
+#[derive(Clone, Debug, Default)]
+pub struct SsrfPolicy {
+    pub blocked: Vec<IpNet>,
+    pub exempt: Vec<IpNet>,
+}
+
+/// Always blocked unless exempted: cloud metadata endpoints and link-local.
+pub const METADATA_BLOCK: [&str; 3] = ["169.254.0.0/16", "fd00:ec2::254/128", "fe80::/10"];
+
+impl SsrfPolicy {
+    pub fn from_security(s: &SecuritySection) -> SsrfPolicy {
+        let mut blocked: Vec<IpNet> = METADATA_BLOCK
+            .iter()
+            .filter_map(|c| parse_cidr(c).ok())
+            .collect();
+        blocked.extend(s.blocked_ips.iter().filter_map(|c| parse_cidr(c).ok()));
+        SsrfPolicy {
+            blocked,
+            exempt: s
+                .allowed_ips
+                .iter()
+                .filter_map(|c| parse_cidr(c).ok())
+                .collect(),
+        }
+    }
+
+    /// `Err` names the block that refuses `ip`.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        if self.exempt.iter().any(|n| n.contains(&ip)) {
+            return Ok(());
+        }
+        match self.blocked.iter().find(|n| n.contains(&ip)) {
+            Some(net) => Err(format!("address {ip} is blocked by the SSRF policy ({net}; see security.blockedIPs / security.allowedIPs)")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// True when `host` matches an `allowedHosts` pattern (`api.example.com`, `*.internal.corp`).
 pub fn host_allowed(patterns: &[String], host: &str) -> bool {
     patterns.iter().any(|p| {
@@ -173,6 +217,12 @@ fn check_limit(errs: &mut Vec<ConfigError>, path: &str, l: &LimitConfig) {
         ));
     }
     check_millis(errs, format!("{path}.windowMs"), l.window_ms.or(l.window));
+    if crate::limit::LimitBy::parse(l.by.as_deref()).is_none() {
+        errs.push(ConfigError::new(
+            format!("{path}.by"),
+            "must be \"ip\", \"consumer\" or \"all\"",
+        ));
+    }
 }
 
 /// Every listen address of the proxy (for loop detection), from the model.
@@ -303,6 +353,12 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
             "must be greater than 0",
         ));
     }
+    if p.max_in_flight == Some(0) {
+        e.push(ConfigError::new(
+            "proxy.maxInFlight",
+            "must be greater than 0",
+        ));
+    }
     if let Some(v) = &p.via_name {
         if !is_token(v) {
             e.push(ConfigError::new(
@@ -336,6 +392,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
     check_cidrs(e, "security.blockedIPs", &s.blocked_ips);
     check_cidrs(e, "security.allowIps", &s.allow_ips);
     check_cidrs(e, "security.denyIps", &s.deny_ips);
+    check_cidrs(e, "security.allowedIPs", &s.allowed_ips);
     let blocked: Vec<IpNet> = s
         .blocked_ips
         .iter()
@@ -415,6 +472,12 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
             ));
         }
         check_millis(e, format!("rateLimit.perRoute[{i}].windowMs"), pr.window_ms);
+        if crate::limit::LimitBy::parse(pr.by.as_deref()).is_none() {
+            e.push(ConfigError::new(
+                format!("rateLimit.perRoute[{i}].by"),
+                "must be \"ip\", \"consumer\" or \"all\"",
+            ));
+        }
     }
     for (key, sec) in [
         ("database", &cfg.database),
@@ -724,6 +787,20 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
         }
         check_headers(e, &format!("{rp}.requestHeaders"), &r.request_headers);
         check_headers(e, &format!("{rp}.responseHeaders"), &r.response_headers);
+        if r.max_in_flight == Some(0) {
+            e.push(ConfigError::new(
+                format!("{rp}.maxInFlight"),
+                "must be greater than 0",
+            ));
+        }
+        if let Some(c) = &r.criticality {
+            if !["low", "normal", "high"].contains(&c.as_str()) {
+                e.push(ConfigError::new(
+                    format!("{rp}.criticality"),
+                    format!("{c:?} is not \"low\", \"normal\" or \"high\""),
+                ));
+            }
+        }
         if r.max_body_size.is_some_and(|s| s.0 == 0) {
             e.push(ConfigError::new(
                 format!("{rp}.maxBodySize"),

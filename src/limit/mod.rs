@@ -63,6 +63,8 @@ pub struct Decision {
     pub remaining: u64,
     /// Seconds until the window resets (≥ 1 when blocked).
     pub reset_secs: u64,
+    /// The first request over the limit in this window (report it once).
+    pub first_over: bool,
 }
 
 impl LimitRule {
@@ -137,6 +139,7 @@ impl LimitRule {
                 .as_secs_f64()
                 .ceil()
                 .max(if allowed { 0.0 } else { 1.0 }) as u64,
+            first_over: count == self.max + 1,
         }
     }
 }

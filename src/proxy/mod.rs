@@ -19,7 +19,10 @@ pub mod respond;
 
 use crate::accesslog::{self, AccessRecord};
 use crate::config::RouteAuth;
+use crate::limit::redis::RedisLimiter;
+use crate::limit::{Decision, LimitRule};
 use crate::reload::ConfigHandle;
+use crate::snapshot::breaker::{Admission, Transition};
 use crate::snapshot::router::Match;
 use crate::snapshot::{HeaderOps, PathRewrite, Route, Snapshot};
 use async_trait::async_trait;
@@ -32,7 +35,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use respond::GatewayReply;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +47,12 @@ pub struct ProxyStats {
     pub upstream_connects_reused: AtomicU64,
     pub retries: AtomicU64,
     pub ejections: AtomicU64,
+    /// Requests between admission and logging, over all routes.
+    pub inflight: AtomicUsize,
+    pub shed: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub breaker_rejections: AtomicU64,
+    pub auth_failures: AtomicU64,
 }
 
 /// Per-request state.
@@ -68,11 +77,19 @@ pub struct RequestCtx {
     pub upstream_elapsed: Option<Duration>,
     pub websocket: bool,
     pub tls: bool,
+    /// Counted in the in-flight gauges (global and route).
+    pub admitted: bool,
+    /// This request is the breaker's half-open probe.
+    pub breaker_probe: bool,
+    /// The most restrictive rate-limit decision (for `RateLimit` headers).
+    pub rate: Option<(Decision, Arc<LimitRule>)>,
 }
 
 /// The gateway service.
 pub struct Gateway {
     pub config: Arc<ConfigHandle>,
+    /// Shared counters when `rateLimit.backend: redis`.
+    pub redis: Option<Arc<RedisLimiter>>,
     pub stats: Arc<ProxyStats>,
     /// True on the TLS listener's instance (sets `X-Forwarded-Proto`).
     pub tls: bool,
@@ -95,6 +112,96 @@ impl Gateway {
                 t.state.inflight.fetch_sub(1, Ordering::Relaxed);
             }
         }
+    }
+
+    fn auth_failed(&self, route: &Route, ctx: &RequestCtx, reason: &'static str) {
+        self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+        crate::events::emit(
+            "auth.failure",
+            serde_json::json!({"route": &*route.id, "reason": reason, "clientIp": ctx.client_ip.to_string(), "requestId": ctx.request_id}),
+        );
+    }
+
+    /// Backpressure: counts the request in flight or says it must be shed.
+    fn admit(&self, snap: &Snapshot, route: &Route, ctx: &mut RequestCtx) -> Option<GatewayReply> {
+        let global = self.stats.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        let local = route.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        ctx.admitted = true;
+        let global_cap = snap.max_in_flight * route.shed_at_percent / 100;
+        let over_route = route.max_in_flight.is_some_and(|m| local > m);
+        if global > global_cap.max(1) || over_route {
+            self.stats.shed.fetch_add(1, Ordering::Relaxed);
+            let msg = if over_route {
+                "this route is at its concurrency limit"
+            } else {
+                "the gateway is overloaded"
+            };
+            return Some(GatewayReply::new(503, "overloaded", msg).header("retry-after", "1"));
+        }
+        None
+    }
+
+    /// Applies every rate limit that matches; `Err` is the 429 to send.
+    async fn rate_limit(
+        &self,
+        snap: &Snapshot,
+        route: &Arc<Route>,
+        path: &str,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayReply> {
+        let rules = snap
+            .rate_limits
+            .global
+            .iter()
+            .chain(
+                snap.rate_limits
+                    .per_path
+                    .iter()
+                    .filter(|(p, _)| p.matches(path))
+                    .map(|(_, r)| r),
+            )
+            .chain(route.rate_limit.iter());
+        for rule in rules {
+            let consumer = ctx.consumer.as_deref();
+            let decision = match (&self.redis, snap.rate_limits.redis) {
+                (Some(redis), true) => {
+                    let key = rule.key_text(ctx.client_ip, consumer);
+                    redis.check(rule, &key, ctx.client_ip, consumer).await
+                }
+                _ => rule.check_local(ctx.client_ip, consumer),
+            };
+            if !decision.allowed {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                if decision.first_over {
+                    crate::events::emit(
+                        "rate_limit.exceeded",
+                        serde_json::json!({"rule": rule.id, "route": &*route.id, "key": rule.key_text(ctx.client_ip, consumer)}),
+                    );
+                }
+                let msg = rule
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "too many requests".to_string());
+                return Err(GatewayReply::new(429, "rate_limited", msg)
+                    .header("retry-after", decision.reset_secs.to_string())
+                    .header("ratelimit-policy", rule.policy.clone())
+                    .header(
+                        "ratelimit",
+                        format!(
+                            "limit={}, remaining=0, reset={}",
+                            decision.limit, decision.reset_secs
+                        ),
+                    ));
+            }
+            if ctx
+                .rate
+                .as_ref()
+                .is_none_or(|(d, _)| decision.remaining < d.remaining)
+            {
+                ctx.rate = Some((decision, rule.clone()));
+            }
+        }
+        Ok(())
     }
 
     fn health_reply(&self, path: &str, snap: &Snapshot) -> Option<(u16, String)> {
@@ -197,6 +304,9 @@ impl ProxyHttp for Gateway {
             upstream_elapsed: None,
             websocket: false,
             tls: self.tls,
+            admitted: false,
+            breaker_probe: false,
+            rate: None,
         }
     }
 
@@ -313,6 +423,9 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.route = Some(route.clone());
+        if let Some(reply) = self.admit(&snap, &route, ctx) {
+            return self.reply(session, ctx, reply).await;
+        }
         if let Some(rules) = &route.ip_rules {
             if !rules.permits(&ctx.client_ip) {
                 return self
@@ -348,6 +461,7 @@ impl ProxyHttp for Gateway {
             match presented {
                 None if route.auth == RouteAuth::Optional => {}
                 None => {
+                    self.auth_failed(&route, ctx, "missing");
                     let reply = GatewayReply::new(401, "unauthorized", "an API key is required")
                         .header("www-authenticate", "ApiKey");
                     return self.reply(session, ctx, reply).await;
@@ -365,6 +479,29 @@ impl ProxyHttp for Gateway {
                             return self.reply(session, ctx, reply).await;
                         }
                     }
+                }
+            }
+        }
+        let path = session.req_header().uri.path().to_string();
+        if let Err(reply) = self.rate_limit(&snap, &route, &path, ctx).await {
+            return self.reply(session, ctx, reply).await;
+        }
+        if let Some(breaker) = &route.upstream.breaker {
+            match breaker.admit() {
+                Admission::Allowed => {}
+                Admission::Probe => ctx.breaker_probe = true,
+                Admission::Rejected(wait) => {
+                    self.stats
+                        .breaker_rejections
+                        .fetch_add(1, Ordering::Relaxed);
+                    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                    let reply = GatewayReply::new(
+                        503,
+                        "circuit_open",
+                        format!("upstream {} is failing; not contacted", route.upstream.name),
+                    )
+                    .header("retry-after", secs.to_string());
+                    return self.reply(session, ctx, reply).await;
                 }
             }
         }
@@ -506,6 +643,10 @@ impl ProxyHttp for Gateway {
             {
                 self.stats.ejections.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(upstream = %up.name, target = %up.targets[i].url, "target ejected after consecutive connect failures");
+                crate::events::emit(
+                    "upstream.failure",
+                    serde_json::json!({"upstream": &*up.name, "target": up.targets[i].url, "reason": "ejected after consecutive connect failures"}),
+                );
             }
             // Nothing was sent: a connect failure is always safe to retry.
             let within_deadline = ctx.deadline.is_none_or(|d| Instant::now() < d);
@@ -646,6 +787,16 @@ impl ProxyHttp for Gateway {
         let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
         hygiene::strip_hop_by_hop(resp, switching && ctx.websocket);
         resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        if let Some((d, rule)) = &ctx.rate {
+            resp.insert_header("ratelimit-policy", rule.policy.as_str())?;
+            resp.insert_header(
+                "ratelimit",
+                format!(
+                    "limit={}, remaining={}, reset={}",
+                    d.limit, d.remaining, d.reset_secs
+                ),
+            )?;
+        }
         if let Some(route) = &ctx.route {
             if !route.response_headers.is_empty() {
                 apply_header_ops(resp, &route.response_headers);
@@ -701,6 +852,38 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.release_target(ctx);
+        if ctx.admitted {
+            self.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+            if let Some(route) = &ctx.route {
+                route.inflight.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if let (Some(route), true) = (ctx.route.as_ref(), ctx.attempts > 0) {
+            if let Some(breaker) = &route.upstream.breaker {
+                let upstream_status = session
+                    .as_ref()
+                    .response_written()
+                    .map_or(0, |r| r.status.as_u16());
+                let success = e.is_none() && ctx.error_code.is_none() && upstream_status < 500;
+                match breaker.record(success, ctx.breaker_probe) {
+                    Some(Transition::Opened) => {
+                        tracing::warn!(upstream = %route.upstream.name, "circuit breaker opened");
+                        crate::events::emit(
+                            "circuit_breaker.opened",
+                            serde_json::json!({"upstream": &*route.upstream.name}),
+                        );
+                    }
+                    Some(Transition::Closed) => {
+                        tracing::info!(upstream = %route.upstream.name, "circuit breaker closed");
+                        crate::events::emit(
+                            "circuit_breaker.closed",
+                            serde_json::json!({"upstream": &*route.upstream.name}),
+                        );
+                    }
+                    None => {}
+                }
+            }
+        }
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };

@@ -14,6 +14,11 @@ pub mod breaker;
 pub mod router;
 pub mod upstream;
 
+use crate::config::{LimitConfig, SsrfPolicy};
+use crate::limit::{LimitBy, LimitRule, LimitSet};
+use breaker::{Breaker, BreakerSettings};
+use std::sync::atomic::AtomicUsize;
+
 use crate::config::{parse_cidr, parse_target_url, TargetUrl};
 use crate::config::{
     ConfigError, ConfigErrors, DynamicConfig, HeaderRules, RouteAuth, UpstreamConfig,
@@ -108,6 +113,12 @@ pub enum PathRewrite {
 /// A compiled route.
 pub struct Route {
     pub id: Arc<str>,
+    pub rate_limit: Option<Arc<LimitRule>>,
+    /// Requests in flight on this route (kept across reloads by route id).
+    pub inflight: Arc<AtomicUsize>,
+    pub max_in_flight: Option<usize>,
+    /// Share of `proxy.maxInFlight` this route may use (70/90/100 %).
+    pub shed_at_percent: usize,
     pub upstream: Arc<Upstream>,
     pub auth: RouteAuth,
     /// Total time for the upstream exchange (all attempts).
@@ -154,9 +165,20 @@ pub struct Snapshot {
     /// `1.1 <via_name>` precomputed.
     pub via_entry: HeaderValue,
     pub health_endpoints: bool,
+    pub rate_limits: LimitSet,
+    pub max_in_flight: usize,
+    /// Compiled routes by id (for state carried across reloads).
+    pub routes_by_id: HashMap<Arc<str>, Arc<Route>>,
 }
 
 impl Snapshot {
+    /// Every route rate-limit rule of this snapshot.
+    fn router_rules(&self) -> impl Iterator<Item = &Arc<LimitRule>> {
+        self.routes_by_id
+            .values()
+            .filter_map(|r| r.rate_limit.as_ref())
+    }
+
     /// True when `ip` is a trusted proxy.
     pub fn is_trusted(&self, ip: &IpAddr) -> bool {
         self.trusted_proxies.iter().any(|n| n.contains(ip))
@@ -208,12 +230,7 @@ fn compile_upstream(
     errors: &mut Vec<ConfigError>,
 ) -> Option<Upstream> {
     let p = &cfg.defaults;
-    let blocked: Vec<IpNet> = cfg
-        .security
-        .blocked_ips
-        .iter()
-        .filter_map(|c| parse_cidr(c).ok())
-        .collect();
+    let policy = SsrfPolicy::from_security(&cfg.security);
     let urls: Vec<(String, &str, u32)> = match &u.url {
         Some(url) => vec![(format!("{path}.url"), url.as_str(), 1)],
         None => u
@@ -262,14 +279,11 @@ fn compile_upstream(
                 continue;
             }
         };
-        if let Some(net) = blocked.iter().find(|n| n.contains(&addr.ip())) {
+        if let Err(m) = policy.check_ip(addr.ip()) {
+            tracing::warn!(target = %url, "outbound target refused: {m}");
             errors.push(ConfigError::new(
                 tpath,
-                format!(
-                    "{:?} resolves to {} which is in security.blockedIPs ({net})",
-                    t.host,
-                    addr.ip()
-                ),
+                format!("{:?} resolves to {}: {m}", t.host, addr.ip()),
             ));
             continue;
         }
@@ -389,8 +403,65 @@ fn compile_upstream(
             .map_or(Duration::from_secs(10), |m| m.duration()),
         host_from_client: u.host_header.as_deref() == Some("client"),
         health,
+        breaker: compile_breaker(u, prev),
         config_hash: hash_of(u),
     })
+}
+
+/// The upstream's breaker, kept from the previous snapshot when its settings are unchanged.
+fn compile_breaker(u: &UpstreamConfig, prev: Option<&Arc<Upstream>>) -> Option<Arc<Breaker>> {
+    let cb = u
+        .circuit_breaker
+        .as_ref()
+        .filter(|c| c.enabled != Some(false))?;
+    let settings = BreakerSettings {
+        failure_percent: cb.failure_threshold.unwrap_or(50),
+        minimum_requests: cb.minimum_requests.unwrap_or(20),
+        consecutive_failures: cb.consecutive_failures.unwrap_or(0),
+        open_duration: cb
+            .open_duration
+            .map_or(Duration::from_secs(30), |m| m.duration()),
+    };
+    match prev.and_then(|p| p.breaker.as_ref()) {
+        Some(b) if b.settings == settings => Some(b.clone()),
+        _ => Some(Arc::new(Breaker::new(settings))),
+    }
+}
+
+fn limit_rule(
+    id: String,
+    max: u64,
+    window: Duration,
+    by: Option<&str>,
+    message: Option<String>,
+    previous: Option<&Snapshot>,
+) -> Arc<LimitRule> {
+    let by = LimitBy::parse(by).unwrap_or(LimitBy::Ip);
+    let kept = previous.and_then(|p| {
+        p.rate_limits
+            .find(&id)
+            .cloned()
+            .or_else(|| p.router_rules().find(|r| r.id == id).cloned())
+    });
+    match kept {
+        Some(r) if r.same_settings(max, window, by, &message) => r,
+        _ => Arc::new(LimitRule::new(id, max, window, by, message)),
+    }
+}
+
+fn limit_from(l: &LimitConfig, id: String, previous: Option<&Snapshot>) -> Arc<LimitRule> {
+    let window = l
+        .window_ms
+        .or(l.window)
+        .map_or(Duration::from_secs(60), |m| m.duration());
+    limit_rule(
+        id,
+        l.requests.unwrap_or(l.max),
+        window,
+        l.by.as_deref(),
+        l.message.clone(),
+        previous,
+    )
 }
 
 /// Compiles a validated config into a snapshot. `version` is the number the
@@ -414,6 +485,7 @@ pub fn compile(
     }
     let default_body = cfg.defaults.max_body_size.map_or(10 << 20, |s| s.0);
     let mut rules = Vec::new();
+    let mut routes_by_id: HashMap<Arc<str>, Arc<Route>> = HashMap::new();
     for (i, r) in cfg.routes.iter().enumerate() {
         if r.enabled == Some(false) {
             continue;
@@ -468,8 +540,20 @@ pub fn compile(
             },
             _ => PathRewrite::None,
         };
+        let prev_route = previous.and_then(|p| p.routes_by_id.get(&id));
         let route = Route {
-            id,
+            rate_limit: r
+                .rate_limit
+                .as_ref()
+                .map(|l| limit_from(l, format!("route:{id}"), previous)),
+            inflight: prev_route.map(|p| p.inflight.clone()).unwrap_or_default(),
+            max_in_flight: r.max_in_flight,
+            shed_at_percent: match r.criticality.as_deref() {
+                Some("low") => 70,
+                Some("high") => 100,
+                _ => 90,
+            },
+            id: id.clone(),
             total_timeout: r.timeout.map_or(up.total_timeout, |m| m.duration()),
             upstream: up,
             auth: r.auth.unwrap_or_default(),
@@ -487,7 +571,9 @@ pub fn compile(
             methods: MethodSet::from_names(&r.methods),
             priority: r.priority.unwrap_or(0),
         };
-        rules.push((rule, Arc::new(route)));
+        let route = Arc::new(route);
+        routes_by_id.insert(id, route.clone());
+        rules.push((rule, route));
     }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -536,6 +622,36 @@ pub fn compile(
             .unwrap_or(HeaderValue::from_static("1.1 flexgate")),
         via_name,
         health_endpoints: cfg.defaults.health_endpoints.unwrap_or(true),
+        rate_limits: LimitSet {
+            global: cfg
+                .rate_limit
+                .global
+                .as_ref()
+                .map(|l| limit_from(l, "global".into(), previous)),
+            per_path: cfg
+                .rate_limit
+                .per_route
+                .iter()
+                .enumerate()
+                .filter_map(|(i, pr)| {
+                    let window = pr
+                        .window_ms
+                        .map_or(Duration::from_secs(60), |m| m.duration());
+                    let rule = limit_rule(
+                        format!("perRoute[{i}]"),
+                        pr.max,
+                        window,
+                        pr.by.as_deref(),
+                        pr.message.clone(),
+                        previous,
+                    );
+                    Some((PathPattern::parse(&pr.path).ok()?, rule))
+                })
+                .collect(),
+            redis: cfg.rate_limit.backend.as_deref() == Some("redis"),
+        },
+        max_in_flight: cfg.defaults.max_in_flight.unwrap_or(10_000),
+        routes_by_id,
     })
 }
 

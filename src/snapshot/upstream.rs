@@ -158,6 +158,8 @@ pub struct Upstream {
     pub passive_eject: Duration,
     pub host_from_client: bool,
     pub health: Option<HealthSpec>,
+    /// Circuit breaker, when enabled.
+    pub breaker: Option<Arc<super::breaker::Breaker>>,
     /// Hash of the config this was built from (state reuse across reloads).
     pub config_hash: u64,
 }
