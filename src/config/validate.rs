@@ -393,11 +393,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
     check_cidrs(e, "security.allowIps", &s.allow_ips);
     check_cidrs(e, "security.denyIps", &s.deny_ips);
     check_cidrs(e, "security.allowedIPs", &s.allowed_ips);
-    let blocked: Vec<IpNet> = s
-        .blocked_ips
-        .iter()
-        .filter_map(|c| parse_cidr(c).ok())
-        .collect();
+    let policy = SsrfPolicy::from_security(s);
     if let Some(a) = &s.auth {
         if let Some(k) = &a.kind {
             if k != "apiKey" {
@@ -552,11 +548,8 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
                         ));
                     }
                     if let Ok(ip) = t.host.parse::<IpAddr>() {
-                        if let Some(net) = blocked.iter().find(|n| n.contains(&ip)) {
-                            e.push(ConfigError::new(
-                                path.clone(),
-                                format!("address {ip} is in security.blockedIPs ({net})"),
-                            ));
+                        if let Err(m) = policy.check_ip(ip) {
+                            e.push(ConfigError::new(path.clone(), m));
                         }
                     }
                     if is_own_listener(&listeners, &t.host, t.port) {

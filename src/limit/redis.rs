@@ -178,9 +178,7 @@ impl BackgroundService for RedisLimiterService {
             }
             if !l.is_up() && l.probe(&client).await && l.down.swap(false, Ordering::Relaxed) {
                 l.recoveries.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    "redis rate limiter available again: limits are shared across nodes"
-                );
+                tracing::info!("redis rate limiter connected: limits are shared across nodes");
                 crate::events::emit(
                     "rate_limit.backend_up",
                     serde_json::json!({ "backend": "redis" }),
