@@ -1,5 +1,5 @@
-//! The Redis rate-limit backend: one `EVALSHA` per decision (INCR + PEXPIRE
-//! + PTTL in one atomic script, fixed window starting at the first hit), so
+//! The Redis rate-limit backend: one `EVALSHA` per decision (INCR, PEXPIRE
+//! and PTTL in one atomic script, fixed window starting at the first hit), so
 //! every node sharing the Redis counts into the same buckets.
 //!
 //! Failure handling: each call has [`CALL_TIMEOUT`]; an error or timeout
