@@ -78,6 +78,145 @@ pub enum KeysCommand {
         /// The plaintext key.
         key: String,
     },
+    /// Generate a key into the key store; its plaintext is printed once.
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Consumer name (unique among active keys).
+        #[arg(long)]
+        name: String,
+        /// Scopes, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Route ids the key may call, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        routes: Vec<String>,
+        /// Lifetime, e.g. 30d, 12h, 90m (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List the key store's keys (never their secrets).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke a key by id or name (refused from the next second on).
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Key id (key_…) or name.
+        key: String,
+    },
+}
+
+/// `30d`, `12h`, `90m`, `45s` → seconds.
+fn parse_lifetime(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("--expires {text:?}: expected e.g. 30d, 12h, 90m"))?;
+    let factor = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" | "" => 1,
+        _ => return Err(format!("--expires {text:?}: unit must be d, h, m or s")),
+    };
+    if n == 0 {
+        return Err("--expires must be greater than 0".into());
+    }
+    Ok(n.saturating_mul(factor))
+}
+
+/// The key store of a config file.
+fn key_store_of(config: &std::path::Path) -> Result<PathBuf, String> {
+    let cfg = config::load_file(config)
+        .map_err(|e| format!("invalid config {}:\n{e}", config.display()))?;
+    Ok(crate::keys::store::store_path(
+        config,
+        cfg.security
+            .auth
+            .as_ref()
+            .and_then(|a| a.key_store.as_deref()),
+    ))
+}
+
+fn keys_command(command: KeysCommand) -> Result<(), String> {
+    use crate::keys::store;
+    match command {
+        KeysCommand::Hash { key } => println!("{}", key_digest_hex(&key)),
+        KeysCommand::Create {
+            config,
+            name,
+            scopes,
+            routes,
+            expires,
+        } => {
+            let path = key_store_of(&config.config)?;
+            let expires_at = expires
+                .as_deref()
+                .map(parse_lifetime)
+                .transpose()?
+                .map(|s| crate::keys::unix_now() + s);
+            let (plain, k) = store::create(&path, &name, scopes, routes, expires_at)?;
+            println!("{plain}");
+            eprintln!(
+                "created key {} ({}) in {}; the key above is shown only now — store it safely",
+                k.id,
+                k.name,
+                path.display()
+            );
+        }
+        KeysCommand::List { config } => {
+            let path = key_store_of(&config.config)?;
+            let file = store::load(&path)?;
+            println!(
+                "{:<18} {:<20} {:<8} {:<12} {:<20} {:<20}",
+                "ID", "NAME", "STATUS", "EXPIRES", "SCOPES", "ROUTES"
+            );
+            let now = crate::keys::unix_now();
+            for k in &file.keys {
+                let status = if k.revoked {
+                    "revoked"
+                } else if k.expires_at.is_some_and(|t| now >= t) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                let expires = k.expires_at.map_or("never".to_string(), |t| {
+                    if t > now {
+                        format!("in {}h", (t - now).div_ceil(3600))
+                    } else {
+                        "past".to_string()
+                    }
+                });
+                println!(
+                    "{:<18} {:<20} {:<8} {:<12} {:<20} {:<20}",
+                    k.id,
+                    k.name,
+                    status,
+                    expires,
+                    if k.scopes.is_empty() {
+                        "-".into()
+                    } else {
+                        k.scopes.join(",")
+                    },
+                    if k.routes.is_empty() {
+                        "(all)".into()
+                    } else {
+                        k.routes.join(",")
+                    }
+                );
+            }
+        }
+        KeysCommand::Revoke { config, key } => {
+            let path = key_store_of(&config.config)?;
+            let k = store::revoke(&path, &key)?;
+            println!("revoked key {} ({})", k.id, k.name);
+        }
+    }
+    Ok(())
 }
 
 /// Hex SHA-256 of an API key (what the config stores).
@@ -143,12 +282,13 @@ pub fn run() -> i32 {
                 }
             }
         }
-        Command::Keys {
-            command: KeysCommand::Hash { key },
-        } => {
-            println!("{}", key_digest_hex(&key));
-            0
-        }
+        Command::Keys { command } => match keys_command(command) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("flexgate keys: {e}");
+                1
+            }
+        },
         Command::Version => {
             println!(
                 "flexgate {} (commit {}, {} build)",

@@ -3,13 +3,15 @@
 //! request never sees two configs; a reload never disturbs in-flight
 //! requests (they keep their `Arc`).
 //!
-//! Triggers: `SIGHUP`, and a change of the config file's content (polled
-//! once a second; a touch without a content change does nothing). A bad
+//! Triggers: `SIGHUP`, and a change of the config file's or the key
+//! store's content (polled once a second; a touch without a content change
+//! does nothing). A bad
 //! file keeps the old snapshot live and logs every error with its path.
 //! Boot settings (listeners, threads, admin address) are not reloadable: a
 //! change there is reported as needing a restart or binary upgrade.
 
 use crate::config::{self, BootConfig, ConfigErrors};
+use crate::keys::store::{load as load_keys, store_path, KeyFile};
 use crate::snapshot::{self, Snapshot};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -43,27 +45,60 @@ fn text_hash(t: &str) -> u64 {
     h.finish()
 }
 
+/// Reads the config file and its key store. Returns the hash of both
+/// contents (for change detection) and the checked result.
+fn read_inputs(path: &Path) -> (u64, Result<(config::FileConfig, KeyFile), ConfigErrors>) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = format!("cannot read config file {}: {e}", path.display());
+            return (
+                0,
+                Err(ConfigErrors(vec![config::ConfigError::new("", msg)])),
+            );
+        }
+    };
+    let mut hash = text_hash(&text);
+    let cfg = match config::parse_and_validate(&text) {
+        Ok(c) => c,
+        Err(e) => return (hash, Err(e)),
+    };
+    let store = store_path(
+        path,
+        cfg.security
+            .auth
+            .as_ref()
+            .and_then(|a| a.key_store.as_deref()),
+    );
+    hash ^= text_hash(&std::fs::read_to_string(&store).unwrap_or_default()).rotate_left(17);
+    match load_keys(&store) {
+        Ok(keys) => (hash, Ok((cfg, keys))),
+        Err(m) => (
+            hash,
+            Err(ConfigErrors(vec![config::ConfigError::new(
+                "security.auth.keyStore",
+                m,
+            )])),
+        ),
+    }
+}
+
 impl ConfigHandle {
-    /// Loads, validates and compiles the file for the first time.
-    /// `port_override` is the `PORT` variable.
+    /// Loads, validates and compiles the file (and its key store) for the
+    /// first time. `port_override` is the `PORT` variable.
     pub fn load(
         path: &Path,
         port_override: Option<u16>,
     ) -> Result<(ConfigHandle, BootConfig, config::FileConfig), ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![config::ConfigError::new(
-                "",
-                format!("cannot read config file {}: {e}", path.display()),
-            )])
-        })?;
-        let cfg = config::parse_and_validate(&text)?;
-        let snap = snapshot::compile(&cfg.dynamic(), None, 1)?;
+        let (hash, inputs) = read_inputs(path);
+        let (cfg, keys) = inputs?;
+        let snap = snapshot::compile(&cfg.dynamic(), &keys, None, 1)?;
         let boot = BootConfig::from_file(&cfg, port_override);
         Ok((
             ConfigHandle {
                 live: ArcSwap::from_pointee(snap),
                 path: path.to_path_buf(),
-                file_hash: AtomicU64::new(text_hash(&text)),
+                file_hash: AtomicU64::new(hash),
                 reloading: Mutex::new(()),
                 reloads: AtomicU64::new(0),
                 rejected_reloads: AtomicU64::new(0),
@@ -86,34 +121,20 @@ impl ConfigHandle {
     /// Returns the live version afterwards.
     pub fn reload(&self, only_if_changed: bool) -> Result<u64, ConfigErrors> {
         let _guard = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) => {
-                let errs = ConfigErrors(vec![config::ConfigError::new(
-                    "",
-                    format!("cannot read config file {}: {e}", self.path.display()),
-                )]);
-                return self.reject(errs);
-            }
-        };
-        let hash = text_hash(&text);
+        let (hash, inputs) = read_inputs(&self.path);
         let prev = self.current();
         if only_if_changed && hash == self.file_hash.load(Ordering::Relaxed) {
             return Ok(prev.version);
         }
-        let cfg = match config::parse_and_validate(&text) {
-            Ok(c) => c,
-            Err(e) => {
-                self.file_hash.store(hash, Ordering::Relaxed);
-                return self.reject(e);
-            }
+        // Remember what was tried, so an unchanged bad file is reported once.
+        self.file_hash.store(hash, Ordering::Relaxed);
+        let (cfg, keys) = match inputs {
+            Ok(i) => i,
+            Err(e) => return self.reject(e),
         };
-        let snap = match snapshot::compile(&cfg.dynamic(), Some(&prev), prev.version + 1) {
+        let snap = match snapshot::compile(&cfg.dynamic(), &keys, Some(&prev), prev.version + 1) {
             Ok(s) => s,
-            Err(e) => {
-                self.file_hash.store(hash, Ordering::Relaxed);
-                return self.reject(e);
-            }
+            Err(e) => return self.reject(e),
         };
         if BootConfig::from_file(&cfg, self.port_override) != self.boot {
             tracing::warn!(
@@ -122,7 +143,6 @@ impl ConfigHandle {
         }
         let version = snap.version;
         self.live.store(Arc::new(snap));
-        self.file_hash.store(hash, Ordering::Relaxed);
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version, path = %self.path.display(), "config reloaded");
         Ok(version)

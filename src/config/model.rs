@@ -163,6 +163,9 @@ pub struct AuthSection {
     pub header: Option<String>,
     /// Accepted keys, each given as the lowercase hex SHA-256 of the key.
     pub keys: Vec<ApiKeyConfig>,
+    /// File of generated keys (`flexgate keys create`); relative to the
+    /// config file's folder. Default `flexgate-keys.json`.
+    pub key_store: Option<String>,
 }
 
 /// One API key of `security.auth.keys`.
@@ -173,6 +176,16 @@ pub struct ApiKeyConfig {
     pub key: String,
     /// Consumer name, logged and forwarded.
     pub name: Option<String>,
+    /// Stable id (default `config-<index>`).
+    pub id: Option<String>,
+    /// Scopes the key carries (routes may require them).
+    pub scopes: Vec<String>,
+    /// Route ids the key may call (empty = all).
+    pub routes: Vec<String>,
+    /// Unix time (seconds) after which the key is refused.
+    pub expires_at: Option<u64>,
+    /// A revoked key is refused.
+    pub revoked: Option<bool>,
 }
 
 /// `rateLimit:`.
@@ -379,6 +392,8 @@ pub struct RouteConfig {
     pub deny_ips: Vec<String>,
     /// Requests in flight on this route before 503.
     pub max_in_flight: Option<usize>,
+    /// Scopes a key must carry to call this route (403 otherwise).
+    pub scopes: Vec<String>,
     /// Shedding class under global overload: `low` (shed first, above 70 %
     /// of `proxy.maxInFlight`), `normal` (above 90 %, default), `high` (only at 100 %).
     pub criticality: Option<String>,

@@ -19,6 +19,7 @@ pub mod respond;
 
 use crate::accesslog::{self, AccessRecord};
 use crate::config::RouteAuth;
+use crate::keys::KeyRejection;
 use crate::limit::redis::RedisLimiter;
 use crate::limit::{Decision, LimitRule};
 use crate::reload::ConfigHandle;
@@ -452,12 +453,7 @@ impl ProxyHttp for Gateway {
         }
         ctx.websocket = route.websocket && hygiene::is_websocket_upgrade(req);
         if route.auth != RouteAuth::None {
-            let presented = snap
-                .keys
-                .header
-                .as_ref()
-                .and_then(|h| req.headers.get(h))
-                .map(|v| v.as_bytes().to_vec());
+            let presented = snap.keys.header.as_ref().and_then(|h| req.headers.get(h));
             match presented {
                 None if route.auth == RouteAuth::Optional => {}
                 None => {
@@ -466,20 +462,26 @@ impl ProxyHttp for Gateway {
                         .header("www-authenticate", "ApiKey");
                     return self.reply(session, ctx, reply).await;
                 }
-                Some(key) => {
-                    let digest = ring::digest::digest(&ring::digest::SHA256, &key);
-                    let mut d = [0u8; 32];
-                    d.copy_from_slice(digest.as_ref());
-                    match snap.keys.keys.get(&d) {
-                        Some(name) => ctx.consumer = Some(name.clone()),
-                        None => {
-                            let reply =
-                                GatewayReply::new(401, "unauthorized", "the API key is not valid")
-                                    .header("www-authenticate", "ApiKey");
-                            return self.reply(session, ctx, reply).await;
-                        }
+                Some(key) => match snap.keys.verify(
+                    key.as_bytes(),
+                    &route.id,
+                    &route.scopes,
+                    crate::keys::unix_now(),
+                ) {
+                    Ok(k) => ctx.consumer = Some(k.name.clone()),
+                    Err(KeyRejection::Unauthorized(why)) => {
+                        self.auth_failed(&route, ctx, why);
+                        let reply = GatewayReply::new(401, "unauthorized", why)
+                            .header("www-authenticate", "ApiKey");
+                        return self.reply(session, ctx, reply).await;
                     }
-                }
+                    Err(KeyRejection::Forbidden(why)) => {
+                        self.auth_failed(&route, ctx, why);
+                        return self
+                            .reply(session, ctx, GatewayReply::new(403, "forbidden", why))
+                            .await;
+                    }
+                },
             }
         }
         let path = session.req_header().uri.path().to_string();

@@ -15,6 +15,8 @@ pub mod router;
 pub mod upstream;
 
 use crate::config::{LimitConfig, SsrfPolicy};
+use crate::keys::store::KeyFile;
+use crate::keys::{from_hex, ApiKey, KeyIndex};
 use crate::limit::{LimitBy, LimitRule, LimitSet};
 use breaker::{Breaker, BreakerSettings};
 use std::sync::atomic::AtomicUsize;
@@ -113,6 +115,8 @@ pub enum PathRewrite {
 /// A compiled route.
 pub struct Route {
     pub id: Arc<str>,
+    /// Scopes an API key needs for this route.
+    pub scopes: Vec<String>,
     pub rate_limit: Option<Arc<LimitRule>>,
     /// Requests in flight on this route (kept across reloads by route id).
     pub inflight: Arc<AtomicUsize>,
@@ -130,13 +134,6 @@ pub struct Route {
     pub retry_non_idempotent: bool,
     pub websocket: bool,
     pub ip_rules: Option<IpRules>,
-}
-
-/// API keys by SHA-256 digest: O(1) lookup, no plaintext kept.
-#[derive(Default)]
-pub struct KeyIndex {
-    pub header: Option<HeaderName>,
-    pub keys: HashMap<[u8; 32], Arc<str>>,
 }
 
 /// Edge limits read per request.
@@ -428,6 +425,58 @@ fn compile_breaker(u: &UpstreamConfig, prev: Option<&Arc<Upstream>>) -> Option<A
     }
 }
 
+/// Config-file keys and stored (generated) keys, side by side.
+fn compile_keys(cfg: &DynamicConfig, key_file: &KeyFile, previous: Option<&Snapshot>) -> KeyIndex {
+    let auth = cfg.security.auth.as_ref();
+    let header = HeaderName::from_bytes(
+        auth.and_then(|a| a.header.as_deref())
+            .unwrap_or("x-api-key")
+            .as_bytes(),
+    )
+    .ok();
+    let mut keys = KeyIndex::new(header);
+    let prev = previous.map(|p| &p.keys);
+    for (i, k) in auth
+        .map(|a| a.keys.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let Some(digest) = from_hex(&k.key) else {
+            continue;
+        };
+        let id = k.id.clone().unwrap_or_else(|| format!("config-{i}"));
+        let key = ApiKey {
+            name: Arc::from(k.name.clone().unwrap_or_else(|| id.clone()).as_str()),
+            id,
+            digest,
+            scopes: k.scopes.clone(),
+            routes: k.routes.clone(),
+            expires_at: k.expires_at,
+            revoked: k.revoked.unwrap_or(false),
+            usage: Default::default(),
+        };
+        keys.insert(key, prev);
+    }
+    for k in &key_file.keys {
+        let Some(digest) = from_hex(&k.digest) else {
+            continue;
+        };
+        let key = ApiKey {
+            id: k.id.clone(),
+            name: Arc::from(k.name.as_str()),
+            digest,
+            scopes: k.scopes.clone(),
+            routes: k.routes.clone(),
+            expires_at: k.expires_at,
+            revoked: k.revoked,
+            usage: Default::default(),
+        };
+        keys.insert(key, prev);
+    }
+    keys
+}
+
 fn limit_rule(
     id: String,
     max: u64,
@@ -468,6 +517,7 @@ fn limit_from(l: &LimitConfig, id: String, previous: Option<&Snapshot>) -> Arc<L
 /// new snapshot carries. Errors (e.g. unresolvable hosts) carry paths.
 pub fn compile(
     cfg: &DynamicConfig,
+    key_file: &KeyFile,
     previous: Option<&Snapshot>,
     version: u64,
 ) -> Result<Snapshot, ConfigErrors> {
@@ -542,6 +592,7 @@ pub fn compile(
         };
         let prev_route = previous.and_then(|p| p.routes_by_id.get(&id));
         let route = Route {
+            scopes: r.scopes.clone(),
             rate_limit: r
                 .rate_limit
                 .as_ref()
@@ -579,18 +630,7 @@ pub fn compile(
         return Err(ConfigErrors(errors));
     }
 
-    let mut keys = KeyIndex::default();
-    if let Some(auth) = &cfg.security.auth {
-        keys.header =
-            HeaderName::from_bytes(auth.header.as_deref().unwrap_or("x-api-key").as_bytes()).ok();
-        for (i, k) in auth.keys.iter().enumerate() {
-            let mut digest = [0u8; 32];
-            if hex_decode(&k.key, &mut digest) {
-                let name = k.name.clone().unwrap_or_else(|| format!("key-{i}"));
-                keys.keys.insert(digest, Arc::from(name.as_str()));
-            }
-        }
-    }
+    let keys = compile_keys(cfg, key_file, previous);
     let l = &cfg.defaults;
     let via_name = cfg
         .defaults
@@ -653,24 +693,4 @@ pub fn compile(
         max_in_flight: cfg.defaults.max_in_flight.unwrap_or(10_000),
         routes_by_id,
     })
-}
-
-/// Decodes 64 lowercase hex characters into 32 bytes.
-pub fn hex_decode(text: &str, out: &mut [u8; 32]) -> bool {
-    let b = text.as_bytes();
-    if b.len() != 64 {
-        return false;
-    }
-    let val = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    for i in 0..32 {
-        match (val(b[2 * i]), val(b[2 * i + 1])) {
-            (Some(h), Some(l)) => out[i] = h << 4 | l,
-            _ => return false,
-        }
-    }
-    true
 }

@@ -1,0 +1,202 @@
+//! The embedded key store: a JSON file of generated keys (digests only),
+//! written atomically so a crash leaves the old or the new file, never a
+//! torn one.
+
+use super::{from_hex, to_hex, unix_now};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One stored key (no plaintext).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredKey {
+    pub id: String,
+    pub name: String,
+    /// Lowercase hex SHA-256 of the key.
+    pub digest: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<String>,
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub revoked: bool,
+    pub created_at: u64,
+}
+
+/// The file's content.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KeyFile {
+    pub keys: Vec<StoredKey>,
+}
+
+/// Where the store of a config file lives (`security.auth.keyStore`,
+/// relative paths from the config file's folder).
+pub fn store_path(config_path: &Path, configured: Option<&str>) -> PathBuf {
+    let name = configured.unwrap_or("flexgate-keys.json");
+    let p = Path::new(name);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_path.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// Reads the store; a missing file is an empty store.
+pub fn load(path: &Path) -> Result<KeyFile, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let file: KeyFile = serde_json::from_str(&text)
+                .map_err(|e| format!("key store {}: {e}", path.display()))?;
+            for (i, k) in file.keys.iter().enumerate() {
+                if from_hex(&k.digest).is_none() {
+                    return Err(format!(
+                        "key store {}: keys[{i}].digest is not a SHA-256 hex digest",
+                        path.display()
+                    ));
+                }
+            }
+            Ok(file)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeyFile::default()),
+        Err(e) => Err(format!("cannot read key store {}: {e}", path.display())),
+    }
+}
+
+/// Writes the store atomically: temp file in the same folder, fsync, rename, fsync the folder.
+pub fn save(path: &Path, file: &KeyFile) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("keys"),
+        std::process::id()
+    ));
+    let text = serde_json::to_string_pretty(file).map_err(|e| e.to_string())?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write key store {}: {e}", path.display())
+    })
+}
+
+/// A new random key: (plaintext shown once, id).
+pub fn generate() -> (String, String) {
+    use ring::rand::SecureRandom;
+    let rng = ring::rand::SystemRandom::new();
+    let mut secret = [0u8; 24];
+    let mut id = [0u8; 6];
+    rng.fill(&mut secret).expect("system randomness");
+    rng.fill(&mut id).expect("system randomness");
+    (
+        format!("fgk_{}", to_hex(&secret)),
+        format!("key_{}", to_hex(&id)),
+    )
+}
+
+/// Creates a key in the store; returns (plaintext, stored entry).
+pub fn create(
+    path: &Path,
+    name: &str,
+    scopes: Vec<String>,
+    routes: Vec<String>,
+    expires_at: Option<u64>,
+) -> Result<(String, StoredKey), String> {
+    let mut file = load(path)?;
+    if file.keys.iter().any(|k| k.name == name && !k.revoked) {
+        return Err(format!(
+            "a key named {name:?} already exists (revoke it first or pick another name)"
+        ));
+    }
+    let (plain, id) = generate();
+    let entry = StoredKey {
+        id,
+        name: name.to_string(),
+        digest: to_hex(&super::digest(plain.as_bytes())),
+        scopes,
+        routes,
+        expires_at,
+        revoked: false,
+        created_at: unix_now(),
+    };
+    file.keys.push(entry.clone());
+    save(path, &file)?;
+    Ok((plain, entry))
+}
+
+/// Marks a key revoked (by id or name).
+pub fn revoke(path: &Path, id_or_name: &str) -> Result<StoredKey, String> {
+    let mut file = load(path)?;
+    let k = file
+        .keys
+        .iter_mut()
+        .find(|k| (k.id == id_or_name || k.name == id_or_name) && !k.revoked)
+        .ok_or_else(|| {
+            format!(
+                "no active key with id or name {id_or_name:?} in {}",
+                path.display()
+            )
+        })?;
+    k.revoked = true;
+    let out = k.clone();
+    save(path, &file)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_list_revoke_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let (plain, k) = create(&path, "ci", vec!["read".into()], vec![], Some(123)).unwrap();
+        assert!(plain.starts_with("fgk_") && plain.len() == 52);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&plain), "plaintext is never stored");
+        assert!(text.contains(&k.digest));
+        assert!(
+            create(&path, "ci", vec![], vec![], None).is_err(),
+            "names are unique"
+        );
+        assert_eq!(load(&path).unwrap().keys.len(), 1);
+        assert!(revoke(&path, &k.id).unwrap().revoked);
+        assert!(revoke(&path, "ci").is_err(), "already revoked");
+        assert!(load(&path).unwrap().keys[0].revoked);
+    }
+
+    #[test]
+    fn relative_store_paths_follow_the_config() {
+        assert_eq!(
+            store_path(Path::new("/etc/flexgate/flexgate.yaml"), None),
+            PathBuf::from("/etc/flexgate/flexgate-keys.json")
+        );
+        assert_eq!(
+            store_path(
+                Path::new("/etc/f.yaml"),
+                Some("/var/lib/flexgate/keys.json")
+            ),
+            PathBuf::from("/var/lib/flexgate/keys.json")
+        );
+    }
+}
