@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod health;
+pub mod jwt;
 pub mod keys;
 pub mod limit;
 pub mod logging;

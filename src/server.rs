@@ -145,6 +145,12 @@ pub fn run(opts: StartOptions) -> Result<(), String> {
         },
     ));
     server.add_service(background_service(
+        "jwks fetcher",
+        crate::jwt::jwks::JwksService {
+            config: handle.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "health checker",
         HealthChecker {
             config: handle.clone(),

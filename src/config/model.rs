@@ -28,7 +28,7 @@ pub struct FileConfig {
 }
 
 /// `listen: "0.0.0.0:3000"` or `listen: ["0.0.0.0:3000", "[::]:3000"]`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -150,6 +150,43 @@ pub struct SecuritySection {
     /// (169.254.0.0/16, fd00:ec2::254) — only if you really proxy to them.
     #[serde(rename = "allowedIPs")]
     pub allowed_ips: Vec<String>,
+    /// JWT bearer authentication for routes with `auth: jwt`.
+    pub jwt: Option<JwtSection>,
+}
+
+/// `security.jwt:` — how bearer tokens are verified.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct JwtSection {
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's audiences must match one of these).
+    pub audience: Option<OneOrMany>,
+    /// Accepted algorithms: `HS256`, `RS256`, `ES256`. Default: those the keys allow.
+    pub algorithms: Vec<String>,
+    /// Shared secret for HS256.
+    pub secret: Option<String>,
+    /// Inline public keys (PEM) for RS256/ES256, optionally with a `kid`.
+    pub public_keys: Vec<JwtPublicKey>,
+    /// JWKS URL fetched in the background (passes the SSRF policy).
+    pub jwks_url: Option<String>,
+    /// JWKS refresh period. Default 5 minutes.
+    pub jwks_refresh: Option<Millis>,
+    /// Clock-skew leeway for `exp`/`nbf`. Default 60 s.
+    pub leeway: Option<Millis>,
+    /// Claims forwarded upstream as headers: `{sub: X-User-Id}`.
+    pub forward_claims: BTreeMap<String, String>,
+}
+
+/// One inline JWT verification key.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct JwtPublicKey {
+    pub kid: Option<String>,
+    /// `RS256` or `ES256`.
+    pub algorithm: String,
+    /// PEM text of the public key.
+    pub pem: String,
 }
 
 /// `security.auth:`.
@@ -336,6 +373,8 @@ pub enum RouteAuth {
     /// No authentication (default).
     #[default]
     None,
+    /// A valid JWT bearer token is required (`security.jwt`).
+    Jwt,
 }
 
 /// Header add/remove lists.

@@ -434,6 +434,65 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
         }
     }
 
+    if let Some(j) = &s.jwt {
+        if j.secret.is_none() && j.public_keys.is_empty() && j.jwks_url.is_none() {
+            e.push(ConfigError::new(
+                "security.jwt",
+                "give a secret (HS256), publicKeys or a jwksUrl",
+            ));
+        }
+        if j.secret.as_ref().is_some_and(|x| x.len() < 16) {
+            e.push(ConfigError::new(
+                "security.jwt.secret",
+                "must be at least 16 bytes (32 or more recommended)",
+            ));
+        }
+        for (i, a) in j.algorithms.iter().enumerate() {
+            if !["HS256", "RS256", "ES256"].contains(&a.as_str()) {
+                e.push(ConfigError::new(
+                    format!("security.jwt.algorithms[{i}]"),
+                    format!("{a:?} is not HS256, RS256 or ES256"),
+                ));
+            }
+        }
+        if let Err(m) = crate::jwt::inline_keys(j) {
+            let (path, msg) = m
+                .split_once(": ")
+                .unwrap_or(("security.jwt.publicKeys", &m));
+            e.push(ConfigError::new(path, msg));
+        }
+        if let Some(url) = &j.jwks_url {
+            let base = url
+                .find("://")
+                .and_then(|i| url[i + 3..].find('/').map(|j| &url[..i + 3 + j]))
+                .unwrap_or(url);
+            match parse_target_url(base) {
+                Err(m) => e.push(ConfigError::new("security.jwt.jwksUrl", m)),
+                Ok(t) => {
+                    if !s.allowed_hosts.is_empty() && !host_allowed(&s.allowed_hosts, &t.host) {
+                        e.push(ConfigError::new(
+                            "security.jwt.jwksUrl",
+                            format!("host {:?} is not in security.allowedHosts", t.host),
+                        ));
+                    }
+                    if let Ok(ip) = t.host.parse::<IpAddr>() {
+                        if let Err(m) = SsrfPolicy::from_security(s).check_ip(ip) {
+                            e.push(ConfigError::new("security.jwt.jwksUrl", m));
+                        }
+                    }
+                }
+            }
+        }
+        for (claim, header) in &j.forward_claims {
+            if !is_token(header) {
+                e.push(ConfigError::new(
+                    format!("security.jwt.forwardClaims.{claim}"),
+                    "invalid header name",
+                ));
+            }
+        }
+    }
+
     // rateLimit
     let r = &cfg.rate_limit;
     match r.backend.as_deref() {
@@ -759,6 +818,12 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
                     ));
                 }
             }
+        }
+        if r.auth == Some(RouteAuth::Jwt) && s.jwt.is_none() {
+            e.push(ConfigError::new(
+                format!("{rp}.auth"),
+                "\"jwt\" needs a security.jwt section",
+            ));
         }
         check_millis(e, format!("{rp}.timeout"), r.timeout);
         if let Some(l) = &r.rate_limit {

@@ -84,6 +84,8 @@ pub struct RequestCtx {
     pub breaker_probe: bool,
     /// The most restrictive rate-limit decision (for `RateLimit` headers).
     pub rate: Option<(Decision, Arc<LimitRule>)>,
+    /// Verified JWT (claims to forward).
+    pub jwt: Option<crate::jwt::Verified>,
 }
 
 /// The gateway service.
@@ -308,6 +310,7 @@ impl ProxyHttp for Gateway {
             admitted: false,
             breaker_probe: false,
             rate: None,
+            jwt: None,
         }
     }
 
@@ -452,7 +455,29 @@ impl ProxyHttp for Gateway {
             return self.reply(session, ctx, reply).await;
         }
         ctx.websocket = route.websocket && hygiene::is_websocket_upgrade(req);
-        if route.auth != RouteAuth::None {
+        if route.auth == RouteAuth::Jwt {
+            let verdict = match (&snap.jwt, req.headers.get(header::AUTHORIZATION)) {
+                (Some(v), Some(h)) => v
+                    .verify(h.as_bytes(), crate::keys::unix_now())
+                    .map_err(|r| r.0),
+                (Some(_), None) => Err("a bearer token is required".to_string()),
+                (None, _) => Err("JWT authentication is not configured".to_string()),
+            };
+            match verdict {
+                Ok(verified) => {
+                    ctx.consumer = Some(verified.subject.clone());
+                    ctx.jwt = Some(verified);
+                }
+                Err(why) => {
+                    self.auth_failed(&route, ctx, "jwt");
+                    let challenge =
+                        format!("Bearer error=\"invalid_token\", error_description=\"{why}\"");
+                    let reply = GatewayReply::new(401, "unauthorized", why)
+                        .header("www-authenticate", challenge);
+                    return self.reply(session, ctx, reply).await;
+                }
+            }
+        } else if route.auth != RouteAuth::None {
             let presented = snap.keys.header.as_ref().and_then(|h| req.headers.get(h));
             match presented {
                 None if route.auth == RouteAuth::Optional => {}
@@ -733,6 +758,16 @@ impl ProxyHttp for Gateway {
         upstream_request.remove_header(&X_CONSUMER);
         if let Some(c) = &ctx.consumer {
             upstream_request.insert_header(X_CONSUMER.clone(), c.as_ref())?;
+        }
+        if let Some(v) = &snap.jwt {
+            for h in v.forwarded_headers() {
+                upstream_request.remove_header(h);
+            }
+        }
+        if let Some(j) = &ctx.jwt {
+            for (h, v) in j.headers.iter() {
+                upstream_request.insert_header(h.clone(), v.clone())?;
+            }
         }
         upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
         let via = match upstream_request

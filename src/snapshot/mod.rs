@@ -15,6 +15,7 @@ pub mod router;
 pub mod upstream;
 
 use crate::config::{LimitConfig, SsrfPolicy};
+use crate::jwt::JwtVerifier;
 use crate::keys::store::KeyFile;
 use crate::keys::{from_hex, ApiKey, KeyIndex};
 use crate::limit::{LimitBy, LimitRule, LimitSet};
@@ -166,6 +167,11 @@ pub struct Snapshot {
     pub max_in_flight: usize,
     /// Compiled routes by id (for state carried across reloads).
     pub routes_by_id: HashMap<Arc<str>, Arc<Route>>,
+    /// JWT verifier for `auth: jwt` routes.
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// Outbound-address policy (upstreams, JWKS).
+    pub ssrf: SsrfPolicy,
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Snapshot {
@@ -631,6 +637,19 @@ pub fn compile(
     }
 
     let keys = compile_keys(cfg, key_file, previous);
+    let jwt = match &cfg.security.jwt {
+        None => None,
+        Some(settings) => match previous
+            .and_then(|p| p.jwt.as_ref())
+            .filter(|v| &v.settings == settings)
+        {
+            Some(v) => Some(v.clone()),
+            None => match JwtVerifier::new(settings) {
+                Ok(v) => Some(Arc::new(v)),
+                Err(m) => return Err(ConfigErrors(vec![ConfigError::new("security.jwt", m)])),
+            },
+        },
+    };
     let l = &cfg.defaults;
     let via_name = cfg
         .defaults
@@ -692,5 +711,8 @@ pub fn compile(
         },
         max_in_flight: cfg.defaults.max_in_flight.unwrap_or(10_000),
         routes_by_id,
+        jwt,
+        ssrf: SsrfPolicy::from_security(&cfg.security),
+        allowed_hosts: cfg.security.allowed_hosts.clone(),
     })
 }
