@@ -412,3 +412,100 @@ fn overload_sheds_low_criticality_routes_first() {
         "slot released"
     );
 }
+
+#[test]
+fn ip_rules_use_the_real_client_address() {
+    let up = TestUpstream::start("app", Behavior::Ok);
+    let body = format!(
+        "upstreams:\n  - name: app\n    url: \"{}\"\nroutes:\n  - id: internal\n    path: /internal/*\n    upstream: app\n    allowIps: [\"10.0.0.0/8\"]\n  - id: public\n    path: /*\n    upstream: app\nsecurity:\n  denyIps: [\"203.0.113.0/24\"]\n",
+        up.url()
+    );
+    // Untrusted peer: X-Forwarded-For is ignored, the peer (127.0.0.1) decides.
+    let gw = Gateway::start("", &body);
+    assert_eq!(
+        request(
+            gw.port,
+            "GET",
+            "/x",
+            &[("X-Forwarded-For", "203.0.113.9")],
+            b""
+        )
+        .status,
+        200
+    );
+    let r = request(
+        gw.port,
+        "GET",
+        "/internal/x",
+        &[("X-Forwarded-For", "10.1.2.3")],
+        b"",
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "forbidden");
+    drop(gw);
+    // Behind a trusted proxy the forwarded client address decides.
+    let gw = Gateway::start("  trustedProxies: [\"127.0.0.1/32\"]\n", &body);
+    assert_eq!(
+        request(
+            gw.port,
+            "GET",
+            "/x",
+            &[("X-Forwarded-For", "203.0.113.9")],
+            b""
+        )
+        .status,
+        403,
+        "denied globally"
+    );
+    assert_eq!(
+        request(
+            gw.port,
+            "GET",
+            "/internal/x",
+            &[("X-Forwarded-For", "10.1.2.3")],
+            b""
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        request(
+            gw.port,
+            "GET",
+            "/internal/x",
+            &[("X-Forwarded-For", "192.0.2.1")],
+            b""
+        )
+        .status,
+        403
+    );
+    assert_eq!(up.hits(), 2);
+}
+
+#[test]
+fn an_open_breaker_stays_open_across_a_reload_of_unchanged_settings() {
+    let up = TestUpstream::start("app", Behavior::Status(503));
+    let body = |extra_route: &str| {
+        format!(
+            "upstreams:\n  - name: app\n    url: \"{}\"\n    circuitBreaker:\n      enabled: true\n      consecutiveFailures: 2\n      openDuration: 60000\nroutes:\n  - path: /*\n    upstream: app\n{extra_route}",
+            up.url()
+        )
+    };
+    let gw = Gateway::start("", &body(""));
+    request(gw.port, "GET", "/a", &[], b"");
+    request(gw.port, "GET", "/a", &[], b"");
+    assert_eq!(
+        request(gw.port, "GET", "/a", &[], b"").json()["error"],
+        "circuit_open"
+    );
+    gw.rewrite_config(&body("  - path: /new\n    upstream: app\n"));
+    gw.wait_until("reload", Duration::from_secs(10), || {
+        gw.log().contains("config reloaded")
+    });
+    assert_eq!(
+        request(gw.port, "GET", "/new", &[], b"").json()["error"],
+        "circuit_open",
+        "state kept over the reload"
+    );
+    assert_eq!(up.hits(), 2);
+}
