@@ -25,6 +25,7 @@ use crate::limit::{Decision, LimitRule};
 use crate::reload::ConfigHandle;
 use crate::snapshot::breaker::{Admission, Transition};
 use crate::snapshot::router::Match;
+use crate::snapshot::upstream::{HashKey, Selector};
 use crate::snapshot::{HeaderOps, PathRewrite, Route, Snapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -509,7 +510,12 @@ impl ProxyHttp for Gateway {
                 },
             }
         }
-        let path = session.req_header().uri.path().to_string();
+        // The path is only needed (and copied) when path-based limits exist.
+        let path = if snap.rate_limits.per_path.is_empty() {
+            String::new()
+        } else {
+            session.req_header().uri.path().to_string()
+        };
         if let Err(reply) = self.rate_limit(&snap, &route, &path, ctx).await {
             return self.reply(session, ctx, reply).await;
         }
@@ -598,22 +604,28 @@ impl ProxyHttp for Gateway {
             );
         }
         self.release_target(ctx);
-        let key: std::borrow::Cow<[u8]> = match &up.hash_key {
-            crate::snapshot::upstream::HashKey::Header(h) => session
+        // Only consistent hashing reads a key; avoid building one otherwise.
+        let mut ip_bytes = [0u8; 16];
+        let key: &[u8] = match (&up.selector, &up.hash_key) {
+            (Selector::Consistent(_), HashKey::Header(h)) => session
                 .req_header()
                 .headers
                 .get(h)
-                .map(|v| std::borrow::Cow::Owned(v.as_bytes().to_vec()))
-                .unwrap_or(std::borrow::Cow::Borrowed(&[])),
-            crate::snapshot::upstream::HashKey::ClientIp => {
-                std::borrow::Cow::Owned(match ctx.client_ip {
-                    IpAddr::V4(v4) => v4.octets().to_vec(),
-                    IpAddr::V6(v6) => v6.octets().to_vec(),
-                })
-            }
+                .map_or(&[][..], |v| v.as_bytes()),
+            (Selector::Consistent(_), HashKey::ClientIp) => match ctx.client_ip {
+                IpAddr::V4(v4) => {
+                    ip_bytes[..4].copy_from_slice(&v4.octets());
+                    &ip_bytes[..4]
+                }
+                IpAddr::V6(v6) => {
+                    ip_bytes.copy_from_slice(&v6.octets());
+                    &ip_bytes[..]
+                }
+            },
+            _ => &[],
         };
         let idx = up
-            .select(&key, &ctx.tried)
+            .select(key, &ctx.tried)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "upstream has no targets"))?;
         ctx.tried.push(idx);
         ctx.target = Some(idx);
