@@ -308,6 +308,15 @@ pub fn run() -> i32 {
 fn check(path: &std::path::Path) -> i32 {
     match config::load_file(path) {
         Ok(cfg) => {
+            if let Some(tls) = &cfg.proxy.tls {
+                if let Err(e) = crate::server::tls_settings_for(tls) {
+                    eprintln!(
+                        "flexgate: configuration file {} is invalid:\n  {e}",
+                        path.display()
+                    );
+                    return 1;
+                }
+            }
             println!(
                 "flexgate: configuration file {} is valid ({} upstreams, {} routes)",
                 path.display(),

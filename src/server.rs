@@ -62,8 +62,41 @@ fn proxy_service(
     svc
 }
 
+/// Loads the TLS certificate and key (errors name the key at fault).
+pub fn tls_settings_for(
+    tls: &crate::config::TlsSection,
+) -> Result<pingora_core::listeners::tls::TlsSettings, String> {
+    for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+        std::fs::File::open(file)
+            .map_err(|e| format!("proxy.tls.{key}: cannot read {file}: {e}"))?;
+    }
+    let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate(&tls.cert, &tls.key)
+        .map_err(|e| {
+            format!(
+                "proxy.tls: cannot use certificate {} / key {}: {e}",
+                tls.cert, tls.key
+            )
+        })?;
+    // Parse now: Pingora would only find a bad PEM when the listener starts.
+    match pingora_core::tls::load_certs_and_key_files(&tls.cert, &tls.key) {
+        Ok(Some(_)) => {}
+        _ => {
+            return Err(format!(
+                "proxy.tls: {} / {} do not hold a PEM certificate chain and private key",
+                tls.cert, tls.key
+            ))
+        }
+    }
+    settings.enable_h2();
+    Ok(settings)
+}
+
 /// Builds the server and runs it; returns only on a start-up error.
-pub fn run(opts: StartOptions) -> Result<(), String> {
+pub fn run(mut opts: StartOptions) -> Result<(), String> {
+    // A daemon changes its directory to `/`: keep the config findable for reloads.
+    if let Ok(abs) = std::fs::canonicalize(&opts.config_path) {
+        opts.config_path = abs;
+    }
     let (handle, boot, file) = ConfigHandle::load(&opts.config_path, opts.port_override)
         .map_err(|e| format!("invalid config {}:\n{e}", opts.config_path.display()))?;
     let _log_guard = crate::logging::init(&file.logging, opts.daemon);
@@ -89,6 +122,13 @@ pub fn run(opts: StartOptions) -> Result<(), String> {
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // Everything that can fail is checked before `bootstrap`, which (with
+    // `-u`) takes the listening sockets from the running process: a failure
+    // after that point would leave nobody serving.
+    let mut tls_settings = match &boot.tls {
+        Some(tls) => Some(tls_settings_for(tls)?),
+        None => None,
+    };
     server.bootstrap();
 
     let stats = Arc::new(ProxyStats::default());
@@ -120,21 +160,9 @@ pub fn run(opts: StartOptions) -> Result<(), String> {
     server.add_service(plain);
     if let Some(tls) = &boot.tls {
         let mut secure = proxy_service(&server, &handle, &boot, &stats, &counters, &redis, true);
-        for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
-            std::fs::File::open(file)
-                .map_err(|e| format!("proxy.tls.{key}: cannot read {file}: {e}"))?;
+        if let Some(settings) = tls_settings.take() {
+            secure.add_tls_with_settings(&tls.listen, None, settings);
         }
-        let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate(
-            &tls.cert, &tls.key,
-        )
-        .map_err(|e| {
-            format!(
-                "proxy.tls: cannot use certificate {} / key {}: {e}",
-                tls.cert, tls.key
-            )
-        })?;
-        settings.enable_h2();
-        secure.add_tls_with_settings(&tls.listen, None, settings);
         server.add_service(secure);
     }
     server.add_service(background_service(

@@ -71,3 +71,33 @@ fn tls_listener_serves_http1_and_http2() {
     assert_eq!(request(gw.port, "GET", "/plain", &[], b"").status, 200);
     assert_eq!(up.last().header("x-forwarded-proto"), Some("http"));
 }
+
+#[test]
+fn unreadable_or_bad_tls_files_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    for (cert, expected) in [
+        (
+            "/nonexistent/cert.pem".to_string(),
+            "proxy.tls.cert: cannot read /nonexistent/cert.pem",
+        ),
+        (
+            junk.display().to_string(),
+            "do not hold a PEM certificate chain and private key",
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!("proxy:\n  tls:\n    listen: \"127.0.0.1:{}\"\n    cert: {cert}\n    key: {}\nupstreams:\n  - name: a\n    url: http://127.0.0.1:9\nroutes:\n  - path: /*\n    upstream: a\n", free_port(), junk.display()),
+        )
+        .unwrap();
+        let (code, _, err) = run_cli(&["check", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        assert!(err.contains(expected), "{err}");
+        let (code, _, err) = run_cli(&["start", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "start refuses before taking any socket");
+        assert!(err.contains(expected), "{err}");
+    }
+}

@@ -208,13 +208,20 @@ impl ServerApp for EdgeApp {
         loop {
             let mut deadline = self.header_timeout;
             if !first {
-                // Idle keep-alive: wait for the next request's first byte.
+                // Idle keep-alive: wait for the next request's first byte,
+                // but not past the start of a shutdown.
+                if *shutdown.borrow() {
+                    return None;
+                }
                 let mut byte = [0u8; 1];
-                match tokio::time::timeout(self.keepalive_timeout, stream.try_peek(&mut byte)).await
-                {
-                    Ok(Ok(true)) => {}
-                    Ok(Ok(false)) => deadline += self.keepalive_timeout, // cannot peek: count idle time too
-                    _ => return None,                                    // idle timeout or closed
+                let mut stopping = shutdown.clone();
+                tokio::select! {
+                    r = tokio::time::timeout(self.keepalive_timeout, stream.try_peek(&mut byte)) => match r {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => deadline += self.keepalive_timeout, // cannot peek: count idle time too
+                        _ => return None,                                    // idle timeout or closed
+                    },
+                    _ = stopping.changed() => return None,
                 }
             }
             let mut session = ServerSession::new_http1(stream);
@@ -251,9 +258,13 @@ impl ServerApp for EdgeApp {
         }
     }
 
-    async fn cleanup(&self) {
-        self.proxy.http_cleanup().await;
-    }
+    /// Deliberately not Pingora's `http_cleanup`: that aborts connections
+    /// still waiting for their first request head when the listener stops
+    /// (during an upgrade those were accepted a moment earlier and their
+    /// request is in transit). They are bounded by the header deadline and
+    /// the grace period instead; idle keep-alive connections end at
+    /// shutdown in `process_new`.
+    async fn cleanup(&self) {}
 }
 
 #[cfg(test)]
