@@ -223,3 +223,24 @@ fn upstream_redirects_are_passed_through_not_followed() {
     assert_eq!(internal.hits(), 0, "the gateway must not follow redirects");
     assert!(r.header("x-request-id").is_some());
 }
+
+#[test]
+fn a_route_may_allow_replaying_buffered_post_bodies() {
+    let up = TestUpstream::start("up", Behavior::CloseWithoutResponse);
+    let gw = Gateway::start(
+        "",
+        &config(
+            &up.url(),
+            "    retries: 2\n    retryBackoff: 10\n",
+            "    retryNonIdempotent: true\n",
+        ),
+    );
+    let r = request(gw.port, "POST", "/api/post", &[], b"{\"n\":1}");
+    assert_gateway_error(&r, 502, "bad_gateway");
+    let seen = up.requests.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "opted-in POST: one attempt plus two retries");
+    assert!(
+        seen.iter().all(|r| r.body == b"{\"n\":1}"),
+        "every attempt carries the whole body"
+    );
+}

@@ -379,3 +379,18 @@ fn sigterm_drains_the_request_in_flight_then_exits() {
         "no longer listening"
     );
 }
+
+#[test]
+fn flexgate_config_variable_names_the_file() {
+    let out = std::process::Command::new(flexgate_bin())
+        .arg("check")
+        .env("FLEXGATE_CONFIG", fixture("seed-minimal.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("seed-minimal.yaml is valid"));
+}
