@@ -11,6 +11,7 @@
 //! - [`server`] — process assembly; [`cli`] — the command line.
 
 pub mod accesslog;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod events;

@@ -165,6 +165,26 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         }
         server.add_service(secure);
     }
+    let admin_state = crate::admin::AdminState {
+        config: handle.clone(),
+        stats: stats.clone(),
+        token: boot.admin_token.as_deref().map(Arc::from),
+    };
+    if admin_state.token.is_none() {
+        tracing::warn!(
+            listen = %boot.admin_listen,
+            "no admin token configured (admin.token or FLEXGATE_ADMIN_TOKEN): the admin API (/api/*) refuses every call; /health* still answer"
+        );
+    }
+    let mut admin = Service::new(
+        "flexgate admin".to_string(),
+        crate::admin::serve::AdminApp {
+            router: crate::admin::app(admin_state),
+        },
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&boot.admin_listen.to_string());
+    server.add_service(admin);
     server.add_service(background_service(
         "config reloader",
         ReloadService {

@@ -343,7 +343,9 @@ fn sighup_reloads_even_when_the_file_did_not_change() {
     gw.wait_until("version 2 after SIGHUP", Duration::from_secs(10), || {
         ready_version(gw.port) == 2
     });
-    assert!(gw.log().contains("SIGHUP received"));
+    gw.wait_until("SIGHUP in the log", Duration::from_secs(5), || {
+        gw.log().contains("SIGHUP received")
+    });
     assert_eq!(request(gw.port, "GET", "/x", &[], b"").status, 200);
 }
 

@@ -172,6 +172,8 @@ pub struct Snapshot {
     /// Outbound-address policy (upstreams, JWKS).
     pub ssrf: SsrfPolicy,
     pub allowed_hosts: Vec<String>,
+    /// The config this snapshot was compiled from (admin reads, export).
+    pub source: Arc<DynamicConfig>,
 }
 
 impl Snapshot {
@@ -714,5 +716,6 @@ pub fn compile(
         jwt,
         ssrf: SsrfPolicy::from_security(&cfg.security),
         allowed_hosts: cfg.security.allowed_hosts.clone(),
+        source: Arc::new(cfg.clone()),
     })
 }

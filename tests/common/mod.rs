@@ -446,16 +446,24 @@ pub fn free_port() -> u16 {
 /// A running `flexgate start`.
 pub struct Gateway {
     pub port: u16,
+    /// Admin service port (token `test-admin-token`).
+    pub admin_port: u16,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub child: Child,
     pub log_path: PathBuf,
 }
 
-/// The proxy part of a test config (listener on `port`, short grace period).
+/// The proxy part of a test config (listener on `port`, short grace period),
+/// with the admin service on an ephemeral port.
 pub fn proxy_section(port: u16, dir: &std::path::Path) -> String {
+    proxy_section_with_admin(port, dir, 0)
+}
+
+/// As [`proxy_section`], with the admin service on `admin_port`.
+pub fn proxy_section_with_admin(port: u16, dir: &std::path::Path, admin_port: u16) -> String {
     format!(
-        "proxy:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n  gracePeriod: 2000\n  upgradeSock: {}/upgrade.sock\n  pidFile: {}/flexgate.pid\n",
+        "admin:\n  listen: \"127.0.0.1:{admin_port}\"\n  token: test-admin-token\nproxy:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n  gracePeriod: 2000\n  upgradeSock: {}/upgrade.sock\n  pidFile: {}/flexgate.pid\n",
         dir.display(),
         dir.display()
     )
@@ -471,7 +479,13 @@ impl Gateway {
     pub fn start_with_env(extra_proxy: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = format!("{}{}{}", proxy_section(port, dir.path()), extra_proxy, body);
+        let admin_port = free_port();
+        let config = format!(
+            "{}{}{}",
+            proxy_section_with_admin(port, dir.path(), admin_port),
+            extra_proxy,
+            body
+        );
         let config_path = dir.path().join("flexgate.yaml");
         std::fs::write(&config_path, &config).unwrap();
         let log_path = dir.path().join("flexgate.log");
@@ -489,6 +503,7 @@ impl Gateway {
         let child = cmd.spawn().expect("spawn flexgate");
         let gw = Gateway {
             port,
+            admin_port,
             dir,
             config_path,
             child,
@@ -528,7 +543,11 @@ impl Gateway {
 
     /// Replaces the config file content (keeps the generated proxy section).
     pub fn rewrite_config(&self, body: &str) {
-        let config = format!("{}{}", proxy_section(self.port, self.dir.path()), body);
+        let config = format!(
+            "{}{}",
+            proxy_section_with_admin(self.port, self.dir.path(), self.admin_port),
+            body
+        );
         let tmp = self.dir.path().join("flexgate.yaml.tmp");
         std::fs::write(&tmp, config).unwrap();
         std::fs::rename(&tmp, &self.config_path).unwrap();

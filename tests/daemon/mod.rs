@@ -70,7 +70,7 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// systemd unit uses under /run/flexgate).
 pub fn proxy_section(port: u16, dir: &Path, grace_ms: u64) -> String {
     format!(
-        "proxy:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n  gracePeriod: {grace_ms}\n  upgradeSock: {}/upgrade.sock\n  pidFile: {}/flexgate.pid\n",
+        "admin:\n  listen: \"127.0.0.1:0\"\nproxy:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n  gracePeriod: {grace_ms}\n  upgradeSock: {}/upgrade.sock\n  pidFile: {}/flexgate.pid\n",
         dir.display(),
         dir.display()
     )
