@@ -227,6 +227,27 @@ impl Load {
         }
     }
 
+    /// Also sends fresh-connection requests to the admin port.
+    fn with_admin(mut self, admin_port: u16) -> Load {
+        let (stop, stats, start) = (self.stop.clone(), self.stats.clone(), self.started);
+        self.threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match connect(admin_port) {
+                    Ok(mut c) => {
+                        let r = exchange(&mut c, "/health/live");
+                        stats.record(start, "admin", r);
+                    }
+                    Err(e) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        stats.fail(start, format!("admin connect: {e}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }));
+        self
+    }
+
     fn ok(&self) -> usize {
         self.stats.ok.load(Ordering::Relaxed)
     }
@@ -317,12 +338,14 @@ fn three_binary_upgrades_under_load_drop_nothing() {
     let slow = TestUpstream::start("slow", Behavior::Delay(SLOW));
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let admin_port = free_port();
     let config = dir.path().join("flexgate.yaml");
     std::fs::write(
         &config,
         format!(
             "{}{}",
-            proxy_section(port, dir.path(), GRACE_MS),
+            proxy_section(port, dir.path(), GRACE_MS)
+                .replace("127.0.0.1:0", &format!("127.0.0.1:{admin_port}")),
             routes(&app, &slow)
         ),
     )
@@ -330,7 +353,8 @@ fn three_binary_upgrades_under_load_drop_nothing() {
     let mut d = Daemons::new(dir.path(), port);
     let mut current = d.start(&config);
 
-    let load = Load::start(port);
+    // Proxy traffic on keep-alive and fresh connections, and admin traffic.
+    let load = Load::start(port).with_admin(admin_port);
     assert!(load.wait_more(50), "traffic flows before the upgrades");
 
     for round in 1..=3 {
