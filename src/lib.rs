@@ -20,6 +20,7 @@ pub mod jwt;
 pub mod keys;
 pub mod limit;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod server;

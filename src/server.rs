@@ -169,6 +169,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         config: handle.clone(),
         stats: stats.clone(),
         token: boot.admin_token.as_deref().map(Arc::from),
+        redis: redis.clone(),
     };
     if admin_state.token.is_none() {
         tracing::warn!(

@@ -31,6 +31,8 @@ pub struct AdminState {
     pub config: Arc<ConfigHandle>,
     pub stats: Arc<ProxyStats>,
     pub token: Option<Arc<str>>,
+    /// The Redis rate-limit backend, when configured (for `/metrics`).
+    pub redis: Option<Arc<crate::limit::redis::RedisLimiter>>,
 }
 
 /// One JSON error shape everywhere (the proxy's).
@@ -126,6 +128,30 @@ async fn list_upstreams(State(state): State<AdminState>) -> Response {
     Json(json!({"version": snap.version, "upstreams": snap.source.upstreams})).into_response()
 }
 
+async fn prometheus(State(state): State<AdminState>) -> Response {
+    let snap = state.config.current();
+    let text = crate::metrics::render(
+        &snap,
+        state
+            .config
+            .reloads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        state
+            .config
+            .rejected_reloads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        state.redis.as_ref().map(|r| r.is_up()),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
 }
@@ -140,6 +166,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(prometheus))
         .merge(api)
         .fallback(not_found)
         .with_state(state)

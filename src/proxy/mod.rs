@@ -104,8 +104,15 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        reply: GatewayReply,
+        mut reply: GatewayReply,
     ) -> Result<bool> {
+        // A refused request's body is never read: say the connection closes.
+        let req = session.req_header();
+        if hygiene::content_length(req).is_some_and(|n| n > 0)
+            || req.headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            reply.close = true;
+        }
         respond::send(session, ctx, reply).await?;
         Ok(true)
     }
@@ -120,6 +127,7 @@ impl Gateway {
 
     fn auth_failed(&self, route: &Route, ctx: &RequestCtx, reason: &'static str) {
         self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+        route.metrics.auth_failures.inc();
         crate::events::emit(
             "auth.failure",
             serde_json::json!({"route": &*route.id, "reason": reason, "clientIp": ctx.client_ip.to_string(), "requestId": ctx.request_id}),
@@ -130,11 +138,13 @@ impl Gateway {
     fn admit(&self, snap: &Snapshot, route: &Route, ctx: &mut RequestCtx) -> Option<GatewayReply> {
         let global = self.stats.inflight.fetch_add(1, Ordering::Relaxed) + 1;
         let local = route.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::metrics().in_flight.inc();
         ctx.admitted = true;
         let global_cap = snap.max_in_flight * route.shed_at_percent / 100;
         let over_route = route.max_in_flight.is_some_and(|m| local > m);
         if global > global_cap.max(1) || over_route {
             self.stats.shed.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics().shed.inc();
             let msg = if over_route {
                 "this route is at its concurrency limit"
             } else {
@@ -176,6 +186,7 @@ impl Gateway {
             };
             if !decision.allowed {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                route.metrics.rate_limited.inc();
                 if decision.first_over {
                     crate::events::emit(
                         "rate_limit.exceeded",
@@ -527,6 +538,7 @@ impl ProxyHttp for Gateway {
                     self.stats
                         .breaker_rejections
                         .fetch_add(1, Ordering::Relaxed);
+                    route.metrics.breaker_rejections.inc();
                     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
                     let reply = GatewayReply::new(
                         503,
@@ -583,6 +595,7 @@ impl ProxyHttp for Gateway {
         ctx.attempts += 1;
         if ctx.attempts > 1 {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics().retries.inc();
             // Exponential backoff with full jitter, capped at 1 s.
             let ceiling = up
                 .retry_backoff
@@ -656,10 +669,12 @@ impl ProxyHttp for Gateway {
             self.stats
                 .upstream_connects_reused
                 .fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics().upstream_conn_reused.inc();
         } else {
             self.stats
                 .upstream_connects_new
                 .fetch_add(1, Ordering::Relaxed);
+            crate::metrics::metrics().upstream_conn_new.inc();
         }
         if let (Some(i), Some(route)) = (ctx.target, ctx.route.as_ref()) {
             route.upstream.targets[i].state.connected();
@@ -903,6 +918,7 @@ impl ProxyHttp for Gateway {
         self.release_target(ctx);
         if ctx.admitted {
             self.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+            crate::metrics::metrics().in_flight.dec();
             if let Some(route) = &ctx.route {
                 route.inflight.fetch_sub(1, Ordering::Relaxed);
             }
@@ -933,18 +949,35 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        let Some(snap) = ctx.snap.as_ref() else {
-            return;
-        };
-        if !snap.access_log {
-            return;
-        }
         let status = session
             .as_ref()
             .response_written()
             .map(|r| r.status.as_u16())
             .filter(|_| ctx.status == 0 || ctx.error_code.is_none())
             .unwrap_or(ctx.status);
+        let m = crate::metrics::metrics();
+        let (bytes_in, bytes_out) = (
+            session.as_ref().body_bytes_read() as u64,
+            session.as_ref().body_bytes_sent() as u64,
+        );
+        m.bytes_in.inc_by(bytes_in);
+        m.bytes_out.inc_by(bytes_out);
+        let route_metrics: &crate::metrics::RouteMetrics = match ctx.route.as_ref() {
+            Some(r) => &r.metrics,
+            None => crate::metrics::unrouted(),
+        };
+        route_metrics.record(
+            &session.req_header().method,
+            status,
+            ctx.start.elapsed().as_secs_f64(),
+            ctx.upstream_elapsed.map(|d| d.as_secs_f64()),
+        );
+        let Some(snap) = ctx.snap.as_ref() else {
+            return;
+        };
+        if !snap.access_log {
+            return;
+        }
         let failed = status >= 400 || status == 0 || e.is_some();
         let rate = if failed {
             snap.error_sample
@@ -971,8 +1004,8 @@ impl ProxyHttp for Gateway {
             client_ip: ctx.client_ip,
             duration: ctx.start.elapsed(),
             upstream_duration: ctx.upstream_elapsed,
-            bytes_in: session.as_ref().body_bytes_read() as u64,
-            bytes_out: session.as_ref().body_bytes_sent() as u64,
+            bytes_in,
+            bytes_out,
             attempts: ctx.attempts,
             consumer: ctx.consumer.as_deref(),
             error: ctx.error_code.or(e.map(|_| "proxy_error")),

@@ -116,6 +116,8 @@ pub enum PathRewrite {
 /// A compiled route.
 pub struct Route {
     pub id: Arc<str>,
+    /// Metric handles of this route.
+    pub metrics: crate::metrics::RouteMetrics,
     /// Scopes an API key needs for this route.
     pub scopes: Vec<String>,
     pub rate_limit: Option<Arc<LimitRule>>,
@@ -600,6 +602,7 @@ pub fn compile(
         };
         let prev_route = previous.and_then(|p| p.routes_by_id.get(&id));
         let route = Route {
+            metrics: crate::metrics::RouteMetrics::new(&id, &up.name),
             scopes: r.scopes.clone(),
             rate_limit: r
                 .rate_limit

@@ -1,0 +1,302 @@
+//! Every Prometheus metric of the gateway, in one place.
+//!
+//! Names are prefixed `flexgate_` and use base units (`_seconds`, `_total`).
+//! Labels are bounded: route id, upstream name, method (the eight standard
+//! ones, else `OTHER`) and status class — never a raw path or a client
+//! value. The request path records through handles resolved once per route
+//! when a snapshot is compiled ([`RouteMetrics`]), so recording is a few
+//! atomic adds with no label lookup, no formatting and no lock. Gauges that
+//! mirror state (breakers, health, config version) are set at scrape time.
+
+use crate::snapshot::breaker::BreakerState;
+use crate::snapshot::Snapshot;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+
+/// Request-duration buckets: sub-millisecond to 30 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "OTHER",
+];
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// The registry and the metric families.
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    pub in_flight: IntGauge,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub rate_limited: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub retries: IntCounter,
+    pub shed: IntCounter,
+    pub upstream_conn_new: IntCounter,
+    pub upstream_conn_reused: IntCounter,
+    breaker_state: IntGaugeVec,
+    breaker_rejections: IntCounterVec,
+    target_healthy: IntGaugeVec,
+    config_version: IntGauge,
+    config_reloads: IntGauge,
+    config_rejected: IntGauge,
+    events: IntGauge,
+    redis_up: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(v.clone())).expect("unique metric");
+    v
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(v.clone())).expect("unique metric");
+    v
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let r = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "flexgate_request_duration_seconds",
+                "Time from request head to the end of the response, by route.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(duration.clone()))
+            .expect("unique metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "flexgate_upstream_response_seconds",
+                "Time from the first upstream attempt to the response head, by upstream.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(upstream_duration.clone()))
+            .expect("unique metric");
+        let connections = counter_vec(
+            &r,
+            "flexgate_upstream_connections_total",
+            "Upstream connections used, new or reused from the pool.",
+            &["kind"],
+        );
+        Metrics {
+            upstream_conn_new: connections.with_label_values(&["new"]),
+            upstream_conn_reused: connections.with_label_values(&["reused"]),
+            requests: counter_vec(
+                &r,
+                "flexgate_requests_total",
+                "Requests answered, by route, method and status class.",
+                &["route", "method", "status_class"],
+            ),
+            duration,
+            upstream_duration,
+            in_flight: gauge(
+                &r,
+                "flexgate_requests_in_flight",
+                "Requests being processed.",
+            ),
+            bytes_in: counter(
+                &r,
+                "flexgate_request_bytes_total",
+                "Request body bytes received.",
+            ),
+            bytes_out: counter(
+                &r,
+                "flexgate_response_bytes_total",
+                "Response body bytes sent.",
+            ),
+            rate_limited: counter_vec(
+                &r,
+                "flexgate_rate_limited_total",
+                "Requests refused by a rate limit, by route.",
+                &["route"],
+            ),
+            auth_failures: counter_vec(
+                &r,
+                "flexgate_auth_failures_total",
+                "Requests refused by authentication or authorization, by route.",
+                &["route"],
+            ),
+            retries: counter(
+                &r,
+                "flexgate_upstream_retries_total",
+                "Extra upstream attempts.",
+            ),
+            shed: counter(
+                &r,
+                "flexgate_requests_shed_total",
+                "Requests refused by backpressure.",
+            ),
+            breaker_state: gauge_vec(
+                &r,
+                "flexgate_circuit_breaker_state",
+                "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.",
+                &["upstream"],
+            ),
+            breaker_rejections: counter_vec(
+                &r,
+                "flexgate_circuit_breaker_rejections_total",
+                "Requests refused by an open breaker, by upstream.",
+                &["upstream"],
+            ),
+            target_healthy: gauge_vec(
+                &r,
+                "flexgate_upstream_target_healthy",
+                "1 when a target is healthy and not ejected.",
+                &["upstream", "target"],
+            ),
+            config_version: gauge(&r, "flexgate_config_version", "Version of the live config."),
+            config_reloads: gauge(
+                &r,
+                "flexgate_config_reloads",
+                "Config reloads applied since start.",
+            ),
+            config_rejected: gauge(
+                &r,
+                "flexgate_config_reloads_rejected",
+                "Config reloads rejected since start.",
+            ),
+            events: gauge(
+                &r,
+                "flexgate_events_emitted",
+                "Events emitted on the event bus since start.",
+            ),
+            redis_up: gauge(
+                &r,
+                "flexgate_dependency_up_redis",
+                "1 when the Redis rate-limit backend answers (-1 when not configured).",
+            ),
+            registry: r,
+        }
+    })
+}
+
+/// Per-route handles, resolved when a snapshot is compiled.
+pub struct RouteMetrics {
+    requests: Vec<IntCounter>,
+    duration: Histogram,
+    upstream_duration: Histogram,
+    pub rate_limited: IntCounter,
+    pub auth_failures: IntCounter,
+    pub breaker_rejections: IntCounter,
+}
+
+impl RouteMetrics {
+    /// Resolves the handles of a route (the same children across reloads).
+    pub fn new(route: &str, upstream: &str) -> RouteMetrics {
+        let m = metrics();
+        let mut requests = Vec::with_capacity(METHODS.len() * CLASSES.len());
+        for method in METHODS {
+            for class in CLASSES {
+                requests.push(m.requests.with_label_values(&[route, method, class]));
+            }
+        }
+        RouteMetrics {
+            requests,
+            duration: m.duration.with_label_values(&[route]),
+            upstream_duration: m.upstream_duration.with_label_values(&[upstream]),
+            rate_limited: m.rate_limited.with_label_values(&[route]),
+            auth_failures: m.auth_failures.with_label_values(&[route]),
+            breaker_rejections: m.breaker_rejections.with_label_values(&[upstream]),
+        }
+    }
+
+    /// Records one finished request.
+    pub fn record(
+        &self,
+        method: &http::Method,
+        status: u16,
+        seconds: f64,
+        upstream_seconds: Option<f64>,
+    ) {
+        let mi = METHODS
+            .iter()
+            .position(|m| *m == method.as_str())
+            .unwrap_or(METHODS.len() - 1);
+        let ci = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
+        };
+        self.requests[mi * CLASSES.len() + ci].inc();
+        self.duration.observe(seconds);
+        if let Some(u) = upstream_seconds {
+            self.upstream_duration.observe(u);
+        }
+    }
+}
+
+/// Handles for requests that matched no route.
+pub fn unrouted() -> &'static RouteMetrics {
+    static R: OnceLock<RouteMetrics> = OnceLock::new();
+    R.get_or_init(|| RouteMetrics::new("none", "none"))
+}
+
+/// Renders the text exposition (format 0.0.4), refreshing state gauges first.
+pub fn render(snap: &Snapshot, reloads: u64, rejected: u64, redis: Option<bool>) -> String {
+    let m = metrics();
+    m.config_version.set(snap.version as i64);
+    m.config_reloads.set(reloads as i64);
+    m.config_rejected.set(rejected as i64);
+    m.events
+        .set(crate::events::bus().emitted.load(Ordering::Relaxed) as i64);
+    m.redis_up.set(match redis {
+        None => -1,
+        Some(true) => 1,
+        Some(false) => 0,
+    });
+    m.breaker_state.reset();
+    m.target_healthy.reset();
+    let now = crate::snapshot::upstream::now_ms();
+    for up in &snap.upstreams {
+        if let Some(b) = &up.breaker {
+            let v = match b.state() {
+                BreakerState::Closed => 0,
+                BreakerState::Open => 1,
+                BreakerState::HalfOpen => 2,
+            };
+            m.breaker_state.with_label_values(&[&up.name]).set(v);
+        }
+        for t in &up.targets {
+            m.target_healthy
+                .with_label_values(&[up.name.as_ref(), t.url.as_str()])
+                .set(i64::from(t.state.available(now)));
+        }
+    }
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&m.registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
