@@ -59,8 +59,18 @@ fn counts_after_known_traffic() {
     );
     assert_eq!(request(gw.port, "POST", "/api/x", &[], b"x").status, 405);
 
-    let (s, text) = scrape(&gw);
+    // A request is recorded when it finishes, just after its response is sent.
     let requests = "flexgate_requests_total";
+    let settled = eventually(std::time::Duration::from_secs(5), || {
+        let (s, _) = scrape(&gw);
+        s.samples.iter().any(|x| {
+            x.metric == requests
+                && x.labels.get("method") == Some("POST")
+                && matches!(x.value, Value::Counter(v) if v == 1.0)
+        })
+    });
+    assert!(settled, "the last request was recorded");
+    let (s, text) = scrape(&gw);
     assert_eq!(
         value(
             &s,

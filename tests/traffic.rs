@@ -494,6 +494,10 @@ fn an_open_breaker_stays_open_across_a_reload_of_unchanged_settings() {
     let gw = Gateway::start("", &body(""));
     request(gw.port, "GET", "/a", &[], b"");
     request(gw.port, "GET", "/a", &[], b"");
+    // Outcomes are recorded when a request finishes (after its response is sent).
+    gw.wait_until("breaker opened", Duration::from_secs(5), || {
+        gw.log().contains("circuit breaker opened")
+    });
     assert_eq!(
         request(gw.port, "GET", "/a", &[], b"").json()["error"],
         "circuit_open"
