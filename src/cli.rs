@@ -24,7 +24,7 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct ConfigArg {
-    /// Config file [env: FLEXGATE_CONFIG] [default: conf/flexgate.yaml]
+    /// Config file
     #[arg(
         short = 'c',
         long = "config",
