@@ -7,8 +7,8 @@ One run, one machine, one upstream (nginx, 1 worker, small static 200):
   nginx       wrk → nginx reverse proxy → upstream    (a) the baseline
   fg-min      wrk → FlexGate minimal → upstream       (b)
   fg-full     wrk → FlexGate full chain → upstream    (c)
-  fg-redis    (d) full chain + Redis limiter          placeholder, skipped
-  fg-pg       (e) full chain + Postgres history       placeholder, skipped
+  fg-redis    (d) full chain + Redis limiter          placeholder, skipped with a message
+  fg-pg       (e) full chain + Postgres history       placeholder, skipped with a message
 
 Phases: start (fresh idle RSS) → warm-up → interleaved rounds (order rotated
 each round), unpinned then pinned (wrk on CPU 0, servers on CPU 1) → fixed
@@ -70,10 +70,12 @@ SCENARIOS = [
              os.path.join(BENCH, "flexgate-minimal.yaml")),
     Scenario("fg-full", "(c) FlexGate full chain", 18083, "flexgate",
              os.path.join(BENCH, "flexgate-full.yaml"), headers=[f"X-API-Key: {API_KEY}"]),
+    # Placeholders: listed in every report, skipped with this message.
     Scenario("fg-redis", "(d) full chain + Redis rate limiter",
-             skip="not implemented yet (Redis rate limiter); placeholder"),
+             skip="placeholder, not in the bench yet (needs Redis on 127.0.0.1:6379 and a "
+                  "`rateLimit.backend: redis` config)"),
     Scenario("fg-pg", "(e) full chain + PostgreSQL request history",
-             skip="not implemented yet (request history to PostgreSQL); placeholder"),
+             skip="placeholder, request history to PostgreSQL does not exist yet"),
 ]
 
 
