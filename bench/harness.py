@@ -31,6 +31,8 @@ import sys
 import time
 import urllib.request
 
+sys.dont_write_bytecode = True  # importing hold_conns must not leave bench/__pycache__
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 WORK = "/tmp/flexgate-bench"  # the FlexGate bench configs put their pid/upgrade files here
