@@ -75,27 +75,7 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
     }
 }
 
-fn now_rfc3339() -> String {
-    let secs = crate::keys::unix_now();
-    // Civil-from-days (Howard Hinnant), UTC.
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+use crate::store::now_rfc3339;
 
 async fn health(State(state): State<AdminState>) -> Response {
     let snap = state.config.current();
@@ -170,14 +150,4 @@ pub fn app(state: AdminState) -> Router {
         .merge(api)
         .fallback(not_found)
         .with_state(state)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_dates() {
-        let t = super::now_rfc3339();
-        assert_eq!(t.len(), 20);
-        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
-    }
 }

@@ -171,8 +171,8 @@ pub struct BootConfig {
 /// The reloadable part of a config: what `snapshot::compile` reads. Boot
 /// settings ([`BootConfig`]) are deliberately absent, so a reload cannot
 /// depend on them by accident.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct DynamicConfig {
     pub defaults: ProxyDefaults,
     pub security: SecuritySection,
@@ -184,8 +184,8 @@ pub struct DynamicConfig {
 }
 
 /// The reloadable keys of `proxy:` (defaults for upstreams/routes, edge limits).
-#[derive(Clone, Debug, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ProxyDefaults {
     pub timeout: Option<units::Millis>,
     pub connect_timeout: Option<units::Millis>,
@@ -240,6 +240,79 @@ impl FileConfig {
             logging: logging.clone(),
             webhooks: webhooks.clone(),
         }
+    }
+}
+
+impl DynamicConfig {
+    /// The inverse of [`FileConfig::dynamic`]: a file holding only the
+    /// reloadable sections (boot sections left at their defaults). This is
+    /// the shape of `GET /api/config` and of the stores.
+    pub fn to_file_config(&self) -> FileConfig {
+        let d = &self.defaults;
+        FileConfig {
+            proxy: ProxySection {
+                timeout: d.timeout,
+                connect_timeout: d.connect_timeout,
+                read_timeout: d.read_timeout,
+                write_timeout: d.write_timeout,
+                max_body_size: d.max_body_size,
+                trusted_proxies: d.trusted_proxies.clone(),
+                limits: LimitsSection {
+                    max_header_bytes: d.max_header_bytes,
+                    max_headers: d.max_headers,
+                    max_uri_bytes: d.max_uri_bytes,
+                    ..LimitsSection::default()
+                },
+                via_name: d.via_name.clone(),
+                health_endpoints: d.health_endpoints,
+                max_in_flight: d.max_in_flight,
+                ..ProxySection::default()
+            },
+            security: self.security.clone(),
+            rate_limit: self.rate_limit.clone(),
+            upstreams: self.upstreams.clone(),
+            routes: self.routes.clone(),
+            logging: self.logging.clone(),
+            webhooks: self.webhooks.clone(),
+            ..FileConfig::default()
+        }
+    }
+
+    /// Checks the config as `flexgate check` would (every problem, with its path).
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let errors = validate::validate(&self.to_file_config());
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Serialises a config as YAML without empty values (what a person would
+/// write); `parse_and_validate` reads it back to the same config.
+pub fn to_clean_yaml(cfg: &FileConfig) -> String {
+    let mut v = serde_json::to_value(cfg).expect("config serialises");
+    prune(&mut v);
+    serde_yaml::to_string(&v).expect("config serialises")
+}
+
+/// Removes nulls and empty arrays (recursively).
+pub fn prune(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        // Empty objects stay: `healthCheck: {}` means "enabled, defaults".
+        Value::Object(map) => {
+            map.values_mut().for_each(prune);
+            map.retain(|_, x| !x.is_null());
+        }
+        Value::Array(items) => {
+            items.iter_mut().for_each(prune);
+            if items.is_empty() {
+                *v = Value::Null;
+            }
+        }
+        _ => {}
     }
 }
 

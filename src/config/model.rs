@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A whole config file: boot settings (`proxy`, `admin`) plus the dynamic part.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct FileConfig {
     pub proxy: ProxySection,
@@ -47,7 +47,7 @@ impl OneOrMany {
 
 /// `proxy:` — the data-plane listener and process settings (boot settings:
 /// a change needs a restart or a binary upgrade, not a reload).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ProxySection {
     /// Port on all interfaces (original key). Default 3000. Overridden by `PORT`.
@@ -99,7 +99,7 @@ pub struct TlsSection {
 }
 
 /// `proxy.limits:` — edge hardening limits. Every value has an edge-safe default.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LimitsSection {
     /// Total size of request headers (431 beyond). Default 60 KiB.
@@ -121,7 +121,7 @@ pub struct LimitsSection {
 }
 
 /// `admin:` — the admin service (REST API, probes, metrics).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AdminSection {
     /// Listen address. Default `127.0.0.1:9180`.
@@ -131,7 +131,7 @@ pub struct AdminSection {
 }
 
 /// `security:` — SSRF policy and authentication.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SecuritySection {
     /// Host names upstreams may point to (`api.example.com`, `*.internal.corp`).
@@ -190,7 +190,7 @@ pub struct JwtPublicKey {
 }
 
 /// `security.auth:`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AuthSection {
     /// `apiKey` (the only type configured here; JWT is per route).
@@ -206,7 +206,7 @@ pub struct AuthSection {
 }
 
 /// One API key of `security.auth.keys`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ApiKeyConfig {
     /// Lowercase hex SHA-256 of the key (`flexgate keys hash KEY` prints it).
@@ -226,7 +226,7 @@ pub struct ApiKeyConfig {
 }
 
 /// `rateLimit:`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitSection {
     /// `memory` (default) or `redis`.
@@ -240,7 +240,7 @@ pub struct RateLimitSection {
 }
 
 /// `{max, windowMs}` — at most `max` requests per window.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LimitConfig {
     pub max: u64,
@@ -256,7 +256,7 @@ pub struct LimitConfig {
 }
 
 /// One entry of `rateLimit.perRoute`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PerRouteLimit {
     pub path: String,
@@ -268,14 +268,14 @@ pub struct PerRouteLimit {
 }
 
 /// `{url}` of an external service (`database`, `redis`, `nats`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct UrlSection {
     pub url: Option<String>,
 }
 
 /// One entry of `upstreams:`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct UpstreamConfig {
     /// Unique name, referenced by routes.
@@ -312,7 +312,7 @@ pub struct UpstreamConfig {
 }
 
 /// One weighted target.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TargetConfig {
     pub url: String,
@@ -321,7 +321,7 @@ pub struct TargetConfig {
 }
 
 /// `circuitBreaker:` (original keys).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CircuitBreakerConfig {
     pub enabled: Option<bool>,
@@ -336,7 +336,7 @@ pub struct CircuitBreakerConfig {
 }
 
 /// `healthCheck:`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HealthCheckConfig {
     pub enabled: Option<bool>,
@@ -353,7 +353,7 @@ pub struct HealthCheckConfig {
 }
 
 /// `passive:` — eject a target after consecutive connect failures.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PassiveConfig {
     /// Consecutive connect failures before ejection. Default 3.
@@ -378,7 +378,7 @@ pub enum RouteAuth {
 }
 
 /// Header add/remove lists.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HeaderRules {
     /// Headers set (replacing any existing value).
@@ -388,7 +388,7 @@ pub struct HeaderRules {
 }
 
 /// One entry of `routes:`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RouteConfig {
     /// Stable id used in logs and metrics. Default `route-<index>`.
@@ -439,7 +439,7 @@ pub struct RouteConfig {
 }
 
 /// `logging:`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LoggingSection {
     /// `error`, `warn`, `info` (default), `debug`, `trace`.
@@ -452,7 +452,7 @@ pub struct LoggingSection {
 }
 
 /// `logging.sampling:` — fraction of requests written to the access log.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SamplingConfig {
     /// For status < 400. Default 1.0.
@@ -462,7 +462,7 @@ pub struct SamplingConfig {
 }
 
 /// One entry of `webhooks:` (delivery is performed by the webhook dispatcher).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WebhookConfig {
     pub id: Option<String>,

@@ -4,7 +4,6 @@
 
 use super::{from_hex, to_hex, unix_now};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// One stored key (no plaintext).
@@ -27,7 +26,7 @@ pub struct StoredKey {
 }
 
 /// The file's content.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyFile {
     pub keys: Vec<StoredKey>,
 }
@@ -67,36 +66,9 @@ pub fn load(path: &Path) -> Result<KeyFile, String> {
 
 /// Writes the store atomically: temp file in the same folder, fsync, rename, fsync the folder.
 pub fn save(path: &Path, file: &KeyFile) -> Result<(), String> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("keys"),
-        std::process::id()
-    ));
     let text = serde_json::to_string_pretty(file).map_err(|e| e.to_string())?;
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        }
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write key store {}: {e}", path.display())
-    })
+    crate::store::atomic_write(path, text.as_bytes())
+        .map_err(|e| format!("cannot write key store {}: {e}", path.display()))
 }
 
 /// A new random key: (plaintext shown once, id).
