@@ -11,32 +11,39 @@
 //! change there is reported as needing a restart or binary upgrade.
 
 use crate::config::{self, BootConfig, ConfigErrors};
-use crate::keys::store::{load as load_keys, store_path, KeyFile};
+use crate::keys::store::{load as load_keys, store_path};
 use crate::snapshot::{self, Snapshot};
-use arc_swap::ArcSwap;
+use crate::store::{State, Versioned};
+use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The live config and how to reload it.
 pub struct ConfigHandle {
     live: ArcSwap<Snapshot>,
     path: PathBuf,
-    /// Hash of the file text behind the live snapshot.
+    /// Hash of the inputs behind the live snapshot (file text, key store,
+    /// managed version).
     file_hash: AtomicU64,
-    /// Serialises reloads (SIGHUP and the file poll can race).
-    reloading: Mutex<()>,
+    /// Serialises every change of the live config: reloads (SIGHUP, file
+    /// poll, store sync) and admin writes.
+    changing: tokio::sync::Mutex<()>,
     /// Counters visible to tests/metrics.
     pub reloads: AtomicU64,
     pub rejected_reloads: AtomicU64,
     /// Boot settings as loaded at start (to warn about unreloadable changes).
     boot: BootConfig,
     port_override: Option<u16>,
+    /// Database mode: the state loaded from the store. The file's dynamic
+    /// sections and key store are then ignored (the file still gives the
+    /// boot settings).
+    managed: ArcSwapOption<Versioned>,
 }
 
 fn text_hash(t: &str) -> u64 {
@@ -45,17 +52,22 @@ fn text_hash(t: &str) -> u64 {
     h.finish()
 }
 
-/// Reads the config file and its key store. Returns the hash of both
-/// contents (for change detection) and the checked result.
-fn read_inputs(path: &Path) -> (u64, Result<(config::FileConfig, KeyFile), ConfigErrors>) {
+fn one_error(path: &str, msg: String) -> ConfigErrors {
+    ConfigErrors(vec![config::ConfigError::new(path, msg)])
+}
+
+/// What one (re)load reads: the file's config and the state to compile.
+type Inputs = Result<(config::FileConfig, State), ConfigErrors>;
+
+/// Reads the config file and, unless `managed` gives the state, its key
+/// store. Returns the hash of what was read (change detection) and the
+/// checked result.
+fn read_inputs(path: &Path, managed: Option<&Versioned>) -> (u64, Inputs) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
             let msg = format!("cannot read config file {}: {e}", path.display());
-            return (
-                0,
-                Err(ConfigErrors(vec![config::ConfigError::new("", msg)])),
-            );
+            return (0, Err(one_error("", msg)));
         }
     };
     let mut hash = text_hash(&text);
@@ -63,6 +75,10 @@ fn read_inputs(path: &Path) -> (u64, Result<(config::FileConfig, KeyFile), Confi
         Ok(c) => c,
         Err(e) => return (hash, Err(e)),
     };
+    if let Some(m) = managed {
+        hash ^= m.version.rotate_left(29);
+        return (hash, Ok((cfg, m.state.clone())));
+    }
     let store = store_path(
         path,
         cfg.security
@@ -72,38 +88,42 @@ fn read_inputs(path: &Path) -> (u64, Result<(config::FileConfig, KeyFile), Confi
     );
     hash ^= text_hash(&std::fs::read_to_string(&store).unwrap_or_default()).rotate_left(17);
     match load_keys(&store) {
-        Ok(keys) => (hash, Ok((cfg, keys))),
-        Err(m) => (
-            hash,
-            Err(ConfigErrors(vec![config::ConfigError::new(
-                "security.auth.keyStore",
-                m,
-            )])),
-        ),
+        Ok(keys) => {
+            let state = State {
+                config: cfg.dynamic(),
+                keys,
+            };
+            (hash, Ok((cfg, state)))
+        }
+        Err(m) => (hash, Err(one_error("security.auth.keyStore", m))),
     }
 }
 
 impl ConfigHandle {
     /// Loads, validates and compiles the file (and its key store) for the
-    /// first time. `port_override` is the `PORT` variable.
+    /// first time. `port_override` is the `PORT` variable. With `managed`
+    /// (database mode), the dynamic config and keys come from it instead.
     pub fn load(
         path: &Path,
         port_override: Option<u16>,
+        managed: Option<Versioned>,
     ) -> Result<(ConfigHandle, BootConfig, config::FileConfig), ConfigErrors> {
-        let (hash, inputs) = read_inputs(path);
-        let (cfg, keys) = inputs?;
-        let snap = snapshot::compile(&cfg.dynamic(), &keys, None, 1)?;
+        let (hash, inputs) = read_inputs(path, managed.as_ref());
+        let (cfg, state) = inputs?;
+        let version = managed.as_ref().map_or(1, |m| m.version);
+        let snap = snapshot::compile(&state.config, &state.keys, None, version)?;
         let boot = BootConfig::from_file(&cfg, port_override);
         Ok((
             ConfigHandle {
                 live: ArcSwap::from_pointee(snap),
                 path: path.to_path_buf(),
                 file_hash: AtomicU64::new(hash),
-                reloading: Mutex::new(()),
+                changing: tokio::sync::Mutex::new(()),
                 reloads: AtomicU64::new(0),
                 rejected_reloads: AtomicU64::new(0),
                 boot: boot.clone(),
                 port_override,
+                managed: ArcSwapOption::new(managed.map(Arc::new)),
             },
             boot,
             cfg,
@@ -116,23 +136,111 @@ impl ConfigHandle {
         self.live.load_full()
     }
 
+    /// The config file this handle reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True in database mode (the store owns the dynamic config).
+    pub fn is_managed(&self) -> bool {
+        self.managed.load().is_some()
+    }
+
+    /// The state behind the live snapshot (what an admin write starts from).
+    pub fn current_state(&self) -> (u64, State) {
+        let snap = self.current();
+        (
+            snap.version,
+            State {
+                config: (*snap.source).clone(),
+                keys: (*snap.key_file).clone(),
+            },
+        )
+    }
+
+    /// Takes the change lock: while held, nothing else changes the live
+    /// config (admin writes hold it from reading the state to installing).
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changing.lock().await
+    }
+
+    /// Validates and compiles `state` against the live snapshot without
+    /// installing it (blocking: resolves DNS). The result is installed with
+    /// [`ConfigHandle::install`].
+    pub fn prepare(&self, state: &State) -> Result<Snapshot, ConfigErrors> {
+        state.config.validate()?;
+        let prev = self.current();
+        snapshot::compile(&state.config, &state.keys, Some(&prev), prev.version)
+    }
+
+    /// Makes a prepared snapshot live as `version`. In database mode the
+    /// state is remembered as the managed one; in file mode the file (just
+    /// rewritten by the store) is not reloaded a second time. Call with the
+    /// change lock held.
+    pub fn install(&self, mut snap: Snapshot, version: u64, state: State) {
+        snap.version = version;
+        if self.is_managed() {
+            self.managed
+                .store(Some(Arc::new(Versioned { version, state })));
+        }
+        let (hash, _) = read_inputs(&self.path, self.managed.load().as_deref());
+        self.file_hash.store(hash, Ordering::Relaxed);
+        self.live.store(Arc::new(snap));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(version, "config applied");
+        crate::events::emit("config.changed", serde_json::json!({"version": version}));
+    }
+
+    /// Database mode: compiles and installs a state read from the store
+    /// (another node's write). Keeps the old config when it does not compile.
+    pub fn apply_managed(&self, v: Versioned) -> Result<u64, ConfigErrors> {
+        let _guard = self.changing.blocking_lock();
+        if self.current().version == v.version {
+            return Ok(v.version);
+        }
+        let snap = match self.prepare(&v.state) {
+            Ok(s) => s,
+            Err(e) => return self.reject(e),
+        };
+        let version = v.version;
+        self.managed.store(Some(Arc::new(v.clone())));
+        let mut snap = snap;
+        snap.version = version;
+        let (hash, _) = read_inputs(&self.path, Some(&v));
+        self.file_hash.store(hash, Ordering::Relaxed);
+        self.live.store(Arc::new(snap));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(version, "config applied from the store");
+        crate::events::emit("config.changed", serde_json::json!({"version": version}));
+        Ok(version)
+    }
+
     /// Re-reads the file and swaps the snapshot in when it is valid.
     /// `only_if_changed` skips work when the text is unchanged.
-    /// Returns the live version afterwards.
+    /// Returns the live version afterwards. Blocking (call it off the
+    /// runtime's worker threads).
     pub fn reload(&self, only_if_changed: bool) -> Result<u64, ConfigErrors> {
-        let _guard = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let (hash, inputs) = read_inputs(&self.path);
+        let _guard = self.changing.blocking_lock();
+        let managed = self.managed.load_full();
+        let (hash, inputs) = read_inputs(&self.path, managed.as_deref());
         let prev = self.current();
         if only_if_changed && hash == self.file_hash.load(Ordering::Relaxed) {
             return Ok(prev.version);
         }
         // Remember what was tried, so an unchanged bad file is reported once.
         self.file_hash.store(hash, Ordering::Relaxed);
-        let (cfg, keys) = match inputs {
+        let (cfg, state) = match inputs {
             Ok(i) => i,
             Err(e) => return self.reject(e),
         };
-        let snap = match snapshot::compile(&cfg.dynamic(), &keys, Some(&prev), prev.version + 1) {
+        if managed.is_some() && cfg.dynamic() != state.config {
+            tracing::warn!(
+                path = %self.path.display(),
+                "config file: routes, upstreams, security, limits and logging come from the database in database mode; the file's are ignored (import them with POST /api/config)"
+            );
+        }
+        let version = managed.as_ref().map_or(prev.version + 1, |m| m.version);
+        let snap = match snapshot::compile(&state.config, &state.keys, Some(&prev), version) {
             Ok(s) => s,
             Err(e) => return self.reject(e),
         };
@@ -141,10 +249,10 @@ impl ConfigHandle {
                 "config reload: proxy listener/process or admin settings changed; they apply after a restart or binary upgrade (flexgate start -u)"
             );
         }
-        let version = snap.version;
         self.live.store(Arc::new(snap));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version, path = %self.path.display(), "config reloaded");
+        crate::events::emit("config.changed", serde_json::json!({"version": version}));
         Ok(version)
     }
 
@@ -154,6 +262,10 @@ impl ConfigHandle {
             path = %self.path.display(),
             errors = %errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
             "config reload rejected; the previous config stays live"
+        );
+        crate::events::emit(
+            "config.rejected",
+            serde_json::json!({"errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
         );
         Err(errs)
     }

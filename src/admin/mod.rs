@@ -6,24 +6,47 @@
 //! (`start -u`) and graceful shutdown exactly like the proxy's: the admin
 //! port never refuses a connection during an upgrade.
 //!
-//! Access: `/health*` answer without a token (probes; the port is loopback
-//! by default). Every `/api/*` call needs `Authorization: Bearer <token>`
-//! (`admin.token` or `FLEXGATE_ADMIN_TOKEN`), compared in constant time;
-//! without a configured token `/api/*` answers 403 and says why (also logged
-//! at start). Errors use the gateway's JSON error shape.
+//! Access: `/health*` and `/metrics` answer without a token (probes and
+//! scrapers; the port is loopback by default) unless
+//! `admin.publicEndpoints: false`. Every `/api/*` call needs
+//! `Authorization: Bearer <token>` (`admin.token` or
+//! `FLEXGATE_ADMIN_TOKEN`, compared in constant time) or a session cookie
+//! from `POST /api/session` (`session.rs`); without a configured token
+//! `/api/*` answers 403 and says why (also logged at start).
+//!
+//! Parts: `api.rs` (error shape, body rules), `write.rs` (the path of every
+//! write: validate, dry-run compile, commit to the store with audit
+//! entries, install), `resources.rs` (routes, upstreams, webhooks),
+//! `keys.rs`, `config_io.rs` (export/import, audit log), `session.rs`,
+//! `openapi.rs` (`GET /api/openapi.json`, generated from these handlers).
 
+pub mod api;
+pub mod config_io;
+pub mod keys;
+pub mod openapi;
+pub mod resources;
 pub mod serve;
+pub mod session;
+pub mod write;
 
 use crate::proxy::ProxyStats;
 use crate::reload::ConfigHandle;
+use crate::store::Store;
+use api::ApiError;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use write::Actor;
+
+/// Called after every committed write with the new version (database
+/// mode: tells the other nodes).
+pub type OnCommit = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// What the admin handlers read.
 #[derive(Clone)]
@@ -33,12 +56,17 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// The Redis rate-limit backend, when configured (for `/metrics`).
     pub redis: Option<Arc<crate::limit::redis::RedisLimiter>>,
+    /// Where writes are persisted.
+    pub store: Arc<dyn Store>,
+    pub sessions: Arc<session::Sessions>,
+    /// `/health*` and `/metrics` without credentials (default true).
+    pub public_endpoints: bool,
+    pub on_commit: Option<OnCommit>,
 }
 
 /// One JSON error shape everywhere (the proxy's).
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({"error": code, "message": message, "status": status.as_u16()});
-    (status, Json(body)).into_response()
+pub fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
+    ApiError::new(status, code, message).into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -48,66 +76,182 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
-async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
-    let Some(token) = &state.token else {
-        return error(
+/// Who a request is, or why it is refused.
+fn authenticate(st: &AdminState, req: &Request) -> Result<Actor, ApiError> {
+    let Some(token) = &st.token else {
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "admin_disabled",
             "no admin token is configured (set admin.token or FLEXGATE_ADMIN_TOKEN)",
-        );
+        ));
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    match presented {
-        Some(p) if constant_time_eq(p, token.as_bytes()) => next.run(req).await,
-        Some(_) => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the admin token is not valid",
-        ),
-        None => error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Authorization: Bearer <admin token> is required",
-        ),
+    let unauthorized =
+        |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg.to_string());
+    if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
+        return match auth.as_bytes().strip_prefix(b"Bearer ") {
+            Some(p) if constant_time_eq(p, token.as_bytes()) => Ok(Actor("admin-token".into())),
+            _ => Err(unauthorized("the admin token is not valid")),
+        };
+    }
+    if let Some(c) = session::cookie(req.headers()) {
+        if st.sessions.check(&c) {
+            session::csrf_check(req.method(), req.headers())?;
+            return Ok(Actor("session".into()));
+        }
+        return Err(unauthorized(
+            "the session has ended; sign in again (POST /api/session)",
+        ));
+    }
+    Err(unauthorized(
+        "Authorization: Bearer <admin token> (or a session cookie) is required",
+    ))
+}
+
+async fn require_auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Response {
+    match authenticate(&st, &req) {
+        Ok(actor) => {
+            req.extensions_mut().insert(actor);
+            next.run(req).await
+        }
+        Err(e) => {
+            let mut resp = e.into_response();
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"flexgate-admin\""),
+                );
+            }
+            resp
+        }
     }
 }
 
-use crate::store::now_rfc3339;
+async fn require_auth_if_private(
+    State(st): State<AdminState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if st.public_endpoints {
+        next.run(req).await
+    } else {
+        require_auth(State(st), req, next).await
+    }
+}
 
+/// Database mode: reads the store and installs what it holds (used after
+/// a write conflict, and by the sync service).
+pub async fn sync_from_store(st: &AdminState) -> Result<(), ApiError> {
+    if !st.config.is_managed() {
+        return Ok(());
+    }
+    if let Some(v) = st.store.load().await? {
+        let handle = st.config.clone();
+        tokio::task::spawn_blocking(move || handle.apply_managed(v))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
+    }
+    Ok(())
+}
+
+/// `GET /health`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthBody {
+    /// `UP`.
+    pub status: String,
+    /// RFC 3339 UTC.
+    pub timestamp: String,
+    /// FlexGate version.
+    pub version: String,
+    /// Live config version.
+    pub config_version: u64,
+}
+
+/// Status of one readiness check.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CheckStatus {
+    /// `UP` or `DOWN`.
+    pub status: String,
+    /// Details (config version, store kind, error).
+    #[serde(flatten)]
+    pub details: BTreeMap<String, serde_json::Value>,
+}
+
+/// `GET /health/ready`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReadyBody {
+    /// `UP` when every check is up, else `DOWN` (503).
+    pub status: String,
+    pub checks: BTreeMap<String, CheckStatus>,
+}
+
+/// `GET /health/live`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LiveBody {
+    /// `UP` while the process serves.
+    pub status: String,
+}
+
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "The process is up", body = HealthBody)))]
 async fn health(State(state): State<AdminState>) -> Response {
     let snap = state.config.current();
-    Json(json!({
-        "status": "UP",
-        "timestamp": now_rfc3339(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "configVersion": snap.version,
-    }))
+    Json(HealthBody {
+        status: "UP".into(),
+        timestamp: crate::store::now_rfc3339(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        config_version: snap.version,
+    })
     .into_response()
 }
 
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "The process is alive", body = LiveBody)))]
 async fn live() -> Response {
-    Json(json!({"status": "UP"})).into_response()
+    Json(LiveBody {
+        status: "UP".into(),
+    })
+    .into_response()
 }
 
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready: every check is up", body = ReadyBody),
+        (status = 503, description = "Not ready: a check is down", body = ReadyBody),
+    ))]
 async fn ready(State(state): State<AdminState>) -> Response {
     let snap = state.config.current();
-    Json(json!({"status": "UP", "checks": {"config": {"status": "UP", "version": snap.version}}}))
+    let mut checks = BTreeMap::new();
+    let mut details = BTreeMap::new();
+    details.insert("version".to_string(), serde_json::json!(snap.version));
+    details.insert("store".to_string(), serde_json::json!(state.store.kind()));
+    checks.insert(
+        "config".to_string(),
+        CheckStatus {
+            status: "UP".into(),
+            details,
+        },
+    );
+    let up = checks.values().all(|c| c.status == "UP");
+    let status = if up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(ReadyBody {
+            status: if up { "UP" } else { "DOWN" }.into(),
+            checks,
+        }),
+    )
         .into_response()
 }
 
-async fn list_routes(State(state): State<AdminState>) -> Response {
-    let snap = state.config.current();
-    Json(json!({"version": snap.version, "routes": snap.source.routes})).into_response()
-}
-
-async fn list_upstreams(State(state): State<AdminState>) -> Response {
-    let snap = state.config.current();
-    Json(json!({"version": snap.version, "upstreams": snap.source.upstreams})).into_response()
-}
-
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 async fn prometheus(State(state): State<AdminState>) -> Response {
     let snap = state.config.current();
     let text = crate::metrics::render(
@@ -132,22 +276,122 @@ async fn prometheus(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(post, path = "/api/session", tag = "session",
+    request_body(content = session::SessionRequest, description = "Or send the token as Authorization: Bearer"),
+    responses(
+        (status = 200, description = "Signed in: Set-Cookie flexgate_session (HttpOnly, SameSite=Strict)", body = session::SessionCreated),
+        (status = 400, description = "Malformed JSON", body = api::ErrorBody),
+        (status = 401, description = "Wrong token", body = api::ErrorBody),
+        (status = 403, description = "No admin token is configured", body = api::ErrorBody),
+        (status = 413, description = "Body too large", body = api::ErrorBody),
+        (status = 415, description = "Not application/json", body = api::ErrorBody),
+        (status = 422, description = "Invalid field", body = api::ErrorBody),
+    ))]
+async fn create_session(State(st): State<AdminState>, req: Request) -> Result<Response, ApiError> {
+    let Some(token) = st.token.clone() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "no admin token is configured (set admin.token or FLEXGATE_ADMIN_TOKEN)",
+        ));
+    };
+    let secure = req
+        .headers()
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let presented = session::presented_token(req).await?;
+    if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin token is not valid",
+        ));
+    }
+    let (value, expires_at) = st.sessions.create();
+    let mut resp = Json(session::SessionCreated { expires_at }).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        session::set_cookie(Some(&value), secure),
+    );
+    Ok(resp)
+}
+
+#[utoipa::path(delete, path = "/api/session", tag = "session",
+    responses(
+        (status = 204, description = "Signed out; the cookie is cleared"),
+        (status = 401, description = "No or wrong credentials", body = api::ErrorBody),
+    ),
+    security(("bearer" = []), ("session" = [])))]
+async fn end_session(State(st): State<AdminState>, req: Request) -> Response {
+    if let Some(c) = session::cookie(req.headers()) {
+        st.sessions.remove(&c);
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, session::set_cookie(None, false));
+    resp
+}
+
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint")
 }
 
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this admin endpoint does not take this method",
+    )
+}
+
 /// The admin app (also used in-process by tests with `oneshot`).
 pub fn app(state: AdminState) -> Router {
+    use resources::*;
     let api = Router::new()
-        .route("/api/routes", get(list_routes))
-        .route("/api/upstreams", get(list_upstreams))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+        .route("/api/routes", get(list_routes).post(create_route))
+        .route(
+            "/api/routes/{key}",
+            get(get_route).put(replace_route).delete(delete_route),
+        )
+        .route("/api/upstreams", get(list_upstreams).post(create_upstream))
+        .route(
+            "/api/upstreams/{key}",
+            get(get_upstream)
+                .put(replace_upstream)
+                .delete(delete_upstream),
+        )
+        .route("/api/webhooks", get(list_webhooks).post(create_webhook))
+        .route(
+            "/api/webhooks/{key}",
+            get(get_webhook).put(replace_webhook).delete(delete_webhook),
+        )
+        .route("/api/keys", get(keys::list_keys).post(keys::create_key))
+        .route(
+            "/api/keys/{id}",
+            get(keys::get_key).delete(keys::revoke_key),
+        )
+        .route(
+            "/api/config",
+            get(config_io::export).post(config_io::import),
+        )
+        .route("/api/logs", get(config_io::logs))
+        .route("/api/openapi.json", get(openapi::serve))
+        .route("/api/session", axum::routing::delete(end_session))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    let probes = Router::new()
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(prometheus))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_auth_if_private,
+        ));
+    Router::new()
+        .route("/api/session", post(create_session))
         .merge(api)
+        .merge(probes)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }

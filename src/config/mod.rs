@@ -158,6 +158,7 @@ pub struct BootConfig {
     pub threads: usize,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<String>,
+    pub admin_public_endpoints: bool,
     pub upgrade_sock: String,
     pub pid_file: String,
     pub grace_period: Duration,
@@ -294,6 +295,14 @@ impl DynamicConfig {
 pub fn to_clean_yaml(cfg: &FileConfig) -> String {
     let mut v = serde_json::to_value(cfg).expect("config serialises");
     prune(&mut v);
+    // Empty sections say nothing (unlike an empty `healthCheck: {}` deeper down).
+    let empty = |x: &serde_json::Value| x.as_object().is_some_and(|o| o.is_empty());
+    if let Some(top) = v.as_object_mut() {
+        if let Some(proxy) = top.get_mut("proxy").and_then(|p| p.as_object_mut()) {
+            proxy.retain(|k, x| !(k == "limits" && empty(x)));
+        }
+        top.retain(|_, x| !empty(x));
+    }
     serde_yaml::to_string(&v).expect("config serialises")
 }
 
@@ -355,6 +364,7 @@ impl BootConfig {
                 .ok()
                 .filter(|t| !t.is_empty())
                 .or_else(|| cfg.admin.token.clone()),
+            admin_public_endpoints: cfg.admin.public_endpoints.unwrap_or(true),
             upgrade_sock: p
                 .upgrade_sock
                 .clone()

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A whole config file: boot settings (`proxy`, `admin`) plus the dynamic part.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct FileConfig {
     pub proxy: ProxySection,
@@ -28,7 +28,7 @@ pub struct FileConfig {
 }
 
 /// `listen: "0.0.0.0:3000"` or `listen: ["0.0.0.0:3000", "[::]:3000"]`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -47,7 +47,7 @@ impl OneOrMany {
 
 /// `proxy:` — the data-plane listener and process settings (boot settings:
 /// a change needs a restart or a binary upgrade, not a reload).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ProxySection {
     /// Port on all interfaces (original key). Default 3000. Overridden by `PORT`.
@@ -87,7 +87,7 @@ pub struct ProxySection {
 }
 
 /// `proxy.tls:` — a TLS listener with one certificate.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TlsSection {
     /// Listen address, e.g. `"0.0.0.0:3443"`.
@@ -99,7 +99,7 @@ pub struct TlsSection {
 }
 
 /// `proxy.limits:` — edge hardening limits. Every value has an edge-safe default.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LimitsSection {
     /// Total size of request headers (431 beyond). Default 60 KiB.
@@ -121,17 +121,20 @@ pub struct LimitsSection {
 }
 
 /// `admin:` — the admin service (REST API, probes, metrics).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AdminSection {
     /// Listen address. Default `127.0.0.1:9180`.
     pub listen: Option<String>,
     /// Bearer token for `/api/*`. Overridden by `FLEXGATE_ADMIN_TOKEN`.
     pub token: Option<String>,
+    /// `/health*` and `/metrics` answer without credentials. Default true;
+    /// `false` makes them need the token (or a session) like `/api/*`.
+    pub public_endpoints: Option<bool>,
 }
 
 /// `security:` — SSRF policy and authentication.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SecuritySection {
     /// Host names upstreams may point to (`api.example.com`, `*.internal.corp`).
@@ -155,7 +158,7 @@ pub struct SecuritySection {
 }
 
 /// `security.jwt:` — how bearer tokens are verified.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct JwtSection {
     /// Required `iss`.
@@ -179,7 +182,7 @@ pub struct JwtSection {
 }
 
 /// One inline JWT verification key.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct JwtPublicKey {
     pub kid: Option<String>,
@@ -190,7 +193,7 @@ pub struct JwtPublicKey {
 }
 
 /// `security.auth:`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AuthSection {
     /// `apiKey` (the only type configured here; JWT is per route).
@@ -206,7 +209,7 @@ pub struct AuthSection {
 }
 
 /// One API key of `security.auth.keys`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ApiKeyConfig {
     /// Lowercase hex SHA-256 of the key (`flexgate keys hash KEY` prints it).
@@ -226,7 +229,7 @@ pub struct ApiKeyConfig {
 }
 
 /// `rateLimit:`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitSection {
     /// `memory` (default) or `redis`.
@@ -240,7 +243,7 @@ pub struct RateLimitSection {
 }
 
 /// `{max, windowMs}` — at most `max` requests per window.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LimitConfig {
     pub max: u64,
@@ -256,7 +259,7 @@ pub struct LimitConfig {
 }
 
 /// One entry of `rateLimit.perRoute`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PerRouteLimit {
     pub path: String,
@@ -268,14 +271,14 @@ pub struct PerRouteLimit {
 }
 
 /// `{url}` of an external service (`database`, `redis`, `nats`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct UrlSection {
     pub url: Option<String>,
 }
 
 /// One entry of `upstreams:`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct UpstreamConfig {
     /// Unique name, referenced by routes.
@@ -312,7 +315,7 @@ pub struct UpstreamConfig {
 }
 
 /// One weighted target.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TargetConfig {
     pub url: String,
@@ -321,7 +324,7 @@ pub struct TargetConfig {
 }
 
 /// `circuitBreaker:` (original keys).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct CircuitBreakerConfig {
     pub enabled: Option<bool>,
@@ -336,7 +339,7 @@ pub struct CircuitBreakerConfig {
 }
 
 /// `healthCheck:`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HealthCheckConfig {
     pub enabled: Option<bool>,
@@ -353,7 +356,7 @@ pub struct HealthCheckConfig {
 }
 
 /// `passive:` — eject a target after consecutive connect failures.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PassiveConfig {
     /// Consecutive connect failures before ejection. Default 3.
@@ -363,7 +366,7 @@ pub struct PassiveConfig {
 }
 
 /// `auth:` of a route.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteAuth {
     /// A valid API key is required.
@@ -378,7 +381,7 @@ pub enum RouteAuth {
 }
 
 /// Header add/remove lists.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HeaderRules {
     /// Headers set (replacing any existing value).
@@ -388,7 +391,7 @@ pub struct HeaderRules {
 }
 
 /// One entry of `routes:`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RouteConfig {
     /// Stable id used in logs and metrics. Default `route-<index>`.
@@ -439,7 +442,7 @@ pub struct RouteConfig {
 }
 
 /// `logging:`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LoggingSection {
     /// `error`, `warn`, `info` (default), `debug`, `trace`.
@@ -452,7 +455,7 @@ pub struct LoggingSection {
 }
 
 /// `logging.sampling:` — fraction of requests written to the access log.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SamplingConfig {
     /// For status < 400. Default 1.0.
@@ -462,7 +465,7 @@ pub struct SamplingConfig {
 }
 
 /// One entry of `webhooks:` (delivery is performed by the webhook dispatcher).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WebhookConfig {
     pub id: Option<String>,

@@ -111,6 +111,48 @@ impl fmt::Display for Millis {
     }
 }
 
+fn number_or_text_schema(
+    number: &str,
+    text: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .description(Some(number)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(text)),
+        )
+        .into()
+}
+
+impl utoipa::PartialSchema for Millis {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        number_or_text_schema(
+            "milliseconds",
+            "a duration with its unit: \"500ms\", \"30s\", \"2m\", \"1h\"",
+        )
+    }
+}
+
+impl utoipa::ToSchema for Millis {}
+
+impl utoipa::PartialSchema for ByteSize {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        number_or_text_schema(
+            "bytes",
+            "a size with its unit: \"512kb\", \"10mb\", \"1gb\"",
+        )
+    }
+}
+
+impl utoipa::ToSchema for ByteSize {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

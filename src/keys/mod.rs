@@ -124,6 +124,11 @@ impl KeyIndex {
         self.keys.insert(key.digest, Arc::new(key));
     }
 
+    /// Usage counters of the key with this digest.
+    pub fn usage(&self, digest: &[u8; 32]) -> Option<&Arc<KeyUsage>> {
+        self.keys.get(digest).map(|k| &k.usage)
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }

@@ -176,6 +176,8 @@ pub struct Snapshot {
     pub allowed_hosts: Vec<String>,
     /// The config this snapshot was compiled from (admin reads, export).
     pub source: Arc<DynamicConfig>,
+    /// The generated keys it was compiled from (admin reads and writes).
+    pub key_file: Arc<KeyFile>,
 }
 
 impl Snapshot {
@@ -720,5 +722,6 @@ pub fn compile(
         ssrf: SsrfPolicy::from_security(&cfg.security),
         allowed_hosts: cfg.security.allowed_hosts.clone(),
         source: Arc::new(cfg.clone()),
+        key_file: Arc::new(key_file.clone()),
     })
 }

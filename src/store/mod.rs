@@ -40,7 +40,7 @@ pub struct Versioned {
 }
 
 /// One audit-log entry (`GET /api/logs`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     /// Assigned by the store, increasing.
@@ -100,7 +100,7 @@ impl AuditQuery {
 }
 
 /// One page of audit entries.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
@@ -112,7 +112,9 @@ pub struct AuditPage {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
     /// The store holds another version than the writer started from.
-    #[error("the config changed meanwhile (now at version {current}); retry with the current version")]
+    #[error(
+        "the config changed meanwhile (now at version {current}); retry with the current version"
+    )]
     Conflict { current: u64 },
     /// The store cannot be reached or written (database down, disk error).
     #[error("config store unavailable: {0}")]

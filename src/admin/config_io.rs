@@ -1,0 +1,410 @@
+//! `/api/config` (export and import of the whole dynamic config) and
+//! `/api/logs` (the audit log).
+//!
+//! Export is YAML (default) or JSON (`?format=json`) holding the dynamic
+//! sections only — `proxy` defaults, `security`, `rateLimit`, `upstreams`,
+//! `routes`, `logging`, `webhooks` — which `flexgate check` accepts as a
+//! file. Generated keys are not part of it (they live in the key store or
+//! the database). Import takes the same document (YAML or JSON), validates
+//! it like `flexgate check`, and replaces the dynamic config; boot settings
+//! in it (`proxy.port`, `admin`, …) are listed as `ignored`. `?dryRun=true`
+//! answers with the changes it would make and changes nothing.
+
+use super::api::{media_type, read_body, ApiError};
+use super::resources::with_version;
+use super::write::{apply, materialize_ids, Actor, Change};
+use super::AdminState;
+use crate::config::{self, DynamicConfig};
+use crate::store::{AuditPage, AuditQuery};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportParams {
+    /// `yaml` (default) or `json`.
+    pub format: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImportParams {
+    /// Validate and answer with the changes, without applying them.
+    pub dry_run: Option<bool>,
+}
+
+/// One change an import makes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ImportChange {
+    /// `create`, `update` or `delete`.
+    pub action: String,
+    /// `route/<id>`, `upstream/<name>`, `webhook/<id>` or `settings/<section>`.
+    pub resource: String,
+}
+
+/// The answer to an import.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportResult {
+    /// The config version now (unchanged by a dry run or an import without changes).
+    pub version: u64,
+    pub dry_run: bool,
+    /// Whether the import was applied.
+    pub applied: bool,
+    pub changes: Vec<ImportChange>,
+    /// Boot settings present in the document and not applied (they need a restart with a changed file).
+    pub ignored: Vec<String>,
+}
+
+fn bad_query(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+}
+
+#[utoipa::path(get, path = "/api/config", tag = "config",
+    params(ExportParams),
+    responses(
+        (status = 200, description = "The dynamic config as a file `flexgate check` accepts",
+            content((String = "application/yaml"), (config::FileConfig = "application/json"))),
+        (status = 400, description = "Unknown format", body = super::api::ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = super::api::ErrorBody),
+    ),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn export(
+    State(st): State<AdminState>,
+    params: Result<Query<ExportParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(bad_query)?;
+    let (version, mut state) = st.config.current_state();
+    materialize_ids(&mut state);
+    let file = state.config.to_file_config();
+    let mut resp = match params.format.as_deref() {
+        None | Some("yaml") => {
+            let text = format!(
+                "# FlexGate dynamic config, version {version}, exported {}\n{}",
+                crate::store::now_rfc3339(),
+                config::to_clean_yaml(&file)
+            );
+            ([(header::CONTENT_TYPE, "application/yaml")], text).into_response()
+        }
+        Some("json") => {
+            let mut v = serde_json::to_value(&file).unwrap_or_default();
+            config::prune(&mut v);
+            axum::Json(v).into_response()
+        }
+        Some(other) => {
+            return Err(bad_query(format!(
+                "format {other:?}: expected yaml or json"
+            )))
+        }
+    };
+    resp.headers_mut()
+        .insert("x-config-version", header::HeaderValue::from(version));
+    Ok(resp)
+}
+
+/// Paths (`proxy.port`) of the boot settings a document sets.
+fn boot_settings(file: &config::FileConfig) -> Vec<String> {
+    let mut all = serde_json::to_value(file).unwrap_or_default();
+    let mut dynamic = serde_json::to_value(file.dynamic().to_file_config()).unwrap_or_default();
+    config::prune(&mut all);
+    config::prune(&mut dynamic);
+    let mut out = Vec::new();
+    fn walk(a: &Value, d: &Value, path: &str, out: &mut Vec<String>) {
+        match (a, d) {
+            (Value::Object(am), Value::Object(dm)) => {
+                for (k, v) in am {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match dm.get(k) {
+                        Some(dv) => walk(v, dv, &p, out),
+                        None => {
+                            if !(v.is_object() && v.as_object().is_some_and(|o| o.is_empty())) {
+                                out.push(p)
+                            }
+                        }
+                    }
+                }
+            }
+            _ if a != d => out.push(path.to_string()),
+            _ => {}
+        }
+    }
+    walk(&all, &dynamic, "", &mut out);
+    out
+}
+
+fn diff_list<T: Serialize + PartialEq>(
+    kind: &str,
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> String,
+    out: &mut Vec<Change>,
+) {
+    let json = |v: &T| serde_json::to_value(v).unwrap_or_default();
+    for n in new {
+        match old.iter().find(|o| key(o) == key(n)) {
+            None => out.push(Change::new(
+                "create",
+                format!("{kind}/{}", key(n)),
+                None,
+                Some(json(n)),
+            )),
+            Some(o) if o != n => out.push(Change::new(
+                "update",
+                format!("{kind}/{}", key(n)),
+                Some(json(o)),
+                Some(json(n)),
+            )),
+            Some(_) => {}
+        }
+    }
+    for o in old {
+        if !new.iter().any(|n| key(n) == key(o)) {
+            out.push(Change::new(
+                "delete",
+                format!("{kind}/{}", key(o)),
+                Some(json(o)),
+                None,
+            ));
+        }
+    }
+}
+
+/// What replacing `old` by `new` changes, resource by resource.
+pub fn diff(old: &DynamicConfig, new: &DynamicConfig) -> Vec<Change> {
+    let mut out = Vec::new();
+    let json = |v: &dyn erased::Ser| v.value();
+    let settings: [(&str, Value, Value); 4] = [
+        ("proxy", json(&old.defaults), json(&new.defaults)),
+        ("security", json(&old.security), json(&new.security)),
+        ("rateLimit", json(&old.rate_limit), json(&new.rate_limit)),
+        ("logging", json(&old.logging), json(&new.logging)),
+    ];
+    for (name, o, n) in settings {
+        if o != n {
+            out.push(Change::new(
+                "update",
+                format!("settings/{name}"),
+                Some(o),
+                Some(n),
+            ));
+        }
+    }
+    diff_list(
+        "upstream",
+        &old.upstreams,
+        &new.upstreams,
+        |u| u.name.clone(),
+        &mut out,
+    );
+    diff_list(
+        "route",
+        &old.routes,
+        &new.routes,
+        |r| r.id.clone().unwrap_or_default(),
+        &mut out,
+    );
+    diff_list(
+        "webhook",
+        &old.webhooks,
+        &new.webhooks,
+        |w| w.id.clone().unwrap_or_default(),
+        &mut out,
+    );
+    out
+}
+
+mod erased {
+    /// Serialises any section to JSON (for diffs and audit entries).
+    pub trait Ser {
+        fn value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn value(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/config", tag = "config",
+    params(ImportParams,
+        ("If-Match" = Option<String>, Header, description = "Config version the import is based on; 409 if it moved")),
+    request_body(content((String = "application/yaml"), (config::FileConfig = "application/json")),
+        description = "A config document (the shape of GET /api/config)"),
+    responses(
+        (status = 200, description = "Applied (or, with dryRun, what would change)", body = ImportResult),
+        (status = 400, description = "Malformed YAML/JSON or query", body = super::api::ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = super::api::ErrorBody),
+        (status = 403, description = "Writes disabled or cross-site request", body = super::api::ErrorBody),
+        (status = 409, description = "Stale If-Match", body = super::api::ErrorBody),
+        (status = 413, description = "Body too large", body = super::api::ErrorBody),
+        (status = 415, description = "Not YAML or JSON", body = super::api::ErrorBody),
+        (status = 422, description = "Invalid config (every problem with its path in details)", body = super::api::ErrorBody),
+        (status = 503, description = "Config store unavailable; nothing changed", body = super::api::ErrorBody),
+    ),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn import(
+    State(st): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    params: Result<Query<ImportParams>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(bad_query)?;
+    let headers = req.headers().clone();
+    match media_type(&headers).as_deref() {
+        Some(
+            "application/json" | "application/yaml" | "application/x-yaml" | "text/yaml"
+            | "text/x-yaml",
+        ) => {}
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "expected Content-Type: application/yaml or application/json, got {}",
+                    other.unwrap_or("none")
+                ),
+            ))
+        }
+    }
+    let body = read_body(req).await?;
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_yaml",
+            "the body is not UTF-8",
+        )
+    })?;
+    let file = config::parse(text).map_err(|e| {
+        let syntax = e.0.len() == 1 && e.0[0].path.is_empty();
+        if syntax {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_yaml",
+                format!("the body is not a config document: {e}"),
+            )
+        } else {
+            ApiError::from(e)
+        }
+    })?;
+    let ignored = boot_settings(&file);
+    let mut incoming = file.dynamic();
+    let mut tmp = crate::store::State {
+        config: incoming,
+        keys: Default::default(),
+    };
+    materialize_ids(&mut tmp);
+    incoming = tmp.config;
+    incoming.validate()?;
+    let dry_run = params.dry_run.unwrap_or(false);
+    let summarize = |changes: &[Change]| -> Vec<ImportChange> {
+        changes
+            .iter()
+            .map(|c| ImportChange {
+                action: c.action.to_string(),
+                resource: c.resource.clone(),
+            })
+            .collect()
+    };
+    let (version, mut current) = st.config.current_state();
+    materialize_ids(&mut current);
+    let preview = diff(&current.config, &incoming);
+    if dry_run || preview.is_empty() {
+        // A dry run still compiles, so it finds what only compiling finds.
+        if dry_run {
+            let handle = st.config.clone();
+            let candidate = crate::store::State {
+                config: incoming.clone(),
+                keys: current.keys.clone(),
+            };
+            tokio::task::spawn_blocking(move || handle.prepare(&candidate).map(|_| ()))
+                .await
+                .map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })??;
+        }
+        let result = ImportResult {
+            version,
+            dry_run,
+            applied: false,
+            changes: summarize(&preview),
+            ignored,
+        };
+        return Ok(with_version(StatusCode::OK, version, result));
+    }
+    let (version, changes) = apply(&st, &actor, &headers, |state| {
+        let changes = diff(&state.config, &incoming);
+        state.config = incoming.clone();
+        let summary = summarize(&changes);
+        Ok((summary, changes))
+    })
+    .await?;
+    let applied = !changes.is_empty();
+    Ok(with_version(
+        StatusCode::OK,
+        version,
+        ImportResult {
+            version,
+            dry_run: false,
+            applied,
+            changes,
+            ignored,
+        },
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// Page size (default 50, at most 500).
+    pub limit: Option<usize>,
+    /// Only entries older than this id (the `next` of the previous page).
+    pub before: Option<u64>,
+    /// `create`, `update`, `delete`, `revoke`, `import`.
+    pub action: Option<String>,
+    /// `route/<id>` or a kind: `route`, `upstream`, `key`, `webhook`, `settings`.
+    pub resource: Option<String>,
+    /// `admin-token` or `session`.
+    pub actor: Option<String>,
+    /// RFC 3339 lower bound, e.g. `2026-11-25T00:00:00Z`.
+    pub since: Option<String>,
+    /// RFC 3339 upper bound.
+    pub until: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/logs", tag = "audit",
+    params(LogParams),
+    responses(
+        (status = 200, description = "Audit entries, newest first", body = crate::store::AuditPage),
+        (status = 400, description = "Malformed query", body = super::api::ErrorBody),
+        (status = 401, description = "No or wrong credentials", body = super::api::ErrorBody),
+        (status = 503, description = "Config store unavailable", body = super::api::ErrorBody),
+    ),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn logs(
+    State(st): State<AdminState>,
+    params: Result<Query<LogParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(bad_query)?;
+    let q = AuditQuery {
+        limit: p.limit,
+        before: p.before,
+        action: p.action,
+        resource: p.resource,
+        actor: p.actor,
+        since: p.since,
+        until: p.until,
+    };
+    let page: AuditPage = st.store.audit(&q).await?;
+    Ok(axum::Json(page).into_response())
+}

@@ -1,0 +1,91 @@
+//! `GET /api/openapi.json`: the OpenAPI 3.1 document of the admin service,
+//! generated from the handlers' annotations and the config model's types
+//! (their doc comments are the descriptions), so it cannot drift from the
+//! code.
+
+use super::{config_io, keys, resources};
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The admin token (admin.token or FLEXGATE_ADMIN_TOKEN)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                super::session::COOKIE,
+                "Session cookie from POST /api/session",
+            ))),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "FlexGate admin API",
+        description = "Manage routes, upstreams, API keys, webhooks and the whole config of a FlexGate node (or cluster, in database mode). Every write is validated, stored with an audit entry and live on this node before the answer; the answer carries the new config version (also in X-Config-Version).",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        super::health, super::live, super::ready, super::prometheus,
+        super::create_session, super::end_session,
+        resources::list_routes, resources::get_route, resources::create_route,
+        resources::replace_route, resources::delete_route,
+        resources::list_upstreams, resources::get_upstream, resources::create_upstream,
+        resources::replace_upstream, resources::delete_upstream,
+        resources::list_webhooks, resources::get_webhook, resources::create_webhook,
+        resources::replace_webhook, resources::delete_webhook,
+        keys::list_keys, keys::get_key, keys::create_key, keys::revoke_key,
+        config_io::export, config_io::import, config_io::logs,
+        serve,
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "routes", description = "Routing rules"),
+        (name = "upstreams", description = "Backends and their targets"),
+        (name = "keys", description = "API keys (secrets shown once)"),
+        (name = "webhooks", description = "Event subscriptions"),
+        (name = "config", description = "Export and import of the whole dynamic config"),
+        (name = "audit", description = "Who changed what"),
+        (name = "session", description = "Browser sign-in"),
+        (name = "health", description = "Probes and metrics (no credentials by default)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON text.
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises")
+}
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "config",
+    responses(
+        (status = 200, description = "This document", body = Object, content_type = "application/json"),
+        (status = 401, description = "No or wrong credentials", body = super::api::ErrorBody),
+    ),
+    security(("bearer" = []), ("session" = [])))]
+pub async fn serve() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        DOC.get_or_init(document).clone(),
+    )
+        .into_response()
+}

@@ -1,0 +1,147 @@
+//! The one path every admin write takes:
+//!
+//! 1. take the config's change lock (writes and reloads are serialised);
+//! 2. start from the live state; check `If-Match` (the config version the
+//!    client read) → 409 when it moved;
+//! 3. apply the change to a copy (404/409/422 from the change itself);
+//! 4. validate and compile the copy (a dry run: 422 with field paths,
+//!    nothing stored);
+//! 5. commit it with its audit entries to the store (409 when another node
+//!    wrote first, 503 when the store is down: nothing changed);
+//! 6. install the compiled snapshot: live on this node before the answer,
+//!    in-flight requests keep the snapshot they started with;
+//! 7. tell other nodes (database mode).
+//!
+//! Without `If-Match`, a conflict with another node's write is retried
+//! (twice) on the fresh state: the change is applied again on top of it.
+
+use super::api::ApiError;
+use super::AdminState;
+use crate::store::{now_rfc3339, AuditEntry, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+/// One audited change.
+pub struct Change {
+    pub action: &'static str,
+    pub resource: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+impl Change {
+    pub fn new(
+        action: &'static str,
+        resource: impl Into<String>,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> Change {
+        Change {
+            action,
+            resource: resource.into(),
+            before,
+            after,
+        }
+    }
+}
+
+/// Who is writing (from the auth layer).
+#[derive(Clone, Debug)]
+pub struct Actor(pub String);
+
+/// The version pinned by `If-Match: "7"` (or `7`), if any.
+pub fn pinned_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse().map(Some).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "If-Match must hold a config version, e.g. If-Match: \"7\"",
+        )
+    })
+}
+
+/// Gives every route and webhook an explicit id (the implicit default is
+/// its position, which a deletion would shift).
+pub fn materialize_ids(state: &mut State) {
+    for (i, r) in state.config.routes.iter_mut().enumerate() {
+        if r.id.is_none() {
+            r.id = Some(format!("route-{i}"));
+        }
+    }
+    for (i, w) in state.config.webhooks.iter_mut().enumerate() {
+        if w.id.is_none() {
+            w.id = Some(format!("webhook-{i}"));
+        }
+    }
+}
+
+/// Runs one write; returns the new version and what `change` produced.
+pub async fn apply<R>(
+    st: &AdminState,
+    actor: &Actor,
+    headers: &HeaderMap,
+    change: impl Fn(&mut State) -> Result<(R, Vec<Change>), ApiError>,
+) -> Result<(u64, R), ApiError> {
+    let pinned = pinned_version(headers)?;
+    for attempt in 0.. {
+        let guard = st.config.lock().await;
+        let (version, mut state) = st.config.current_state();
+        if let Some(p) = pinned.filter(|p| *p != version) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "version_conflict",
+                format!("If-Match: the config is at version {version}, not {p}; read it again"),
+            ));
+        }
+        materialize_ids(&mut state);
+        let (out, changes) = change(&mut state)?;
+        let handle = st.config.clone();
+        let candidate = state.clone();
+        let snap = tokio::task::spawn_blocking(move || handle.prepare(&candidate))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
+        let time = now_rfc3339();
+        let audit: Vec<AuditEntry> = changes
+            .into_iter()
+            .map(|c| AuditEntry {
+                id: 0,
+                time: time.clone(),
+                actor: actor.0.clone(),
+                action: c.action.to_string(),
+                resource: c.resource,
+                before: c.before,
+                after: c.after,
+                version: version + 1,
+            })
+            .collect();
+        match st.store.commit(version, &state, &audit).await {
+            Ok(new_version) => {
+                st.config.install(snap, new_version, state);
+                drop(guard);
+                if let Some(notify) = &st.on_commit {
+                    notify(new_version);
+                }
+                return Ok((new_version, out));
+            }
+            Err(crate::store::StoreError::Conflict { current })
+                if pinned.is_none() && attempt < 2 =>
+            {
+                drop(guard);
+                tracing::info!(
+                    current,
+                    "admin write: another node changed the config first; applying on top of it"
+                );
+                super::sync_from_store(st).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the loop returns")
+}
