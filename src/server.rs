@@ -91,26 +91,6 @@ pub fn tls_settings_for(
     Ok(settings)
 }
 
-/// The embedded store of the config file (and its key store).
-fn embedded_store(
-    handle: &Arc<ConfigHandle>,
-    file: &crate::config::FileConfig,
-) -> Arc<dyn crate::store::Store> {
-    let keys = crate::keys::store::store_path(
-        handle.path(),
-        file.security
-            .auth
-            .as_ref()
-            .and_then(|a| a.key_store.as_deref()),
-    );
-    let live = handle.clone();
-    Arc::new(crate::store::embedded::FileStore::new(
-        handle.path(),
-        &keys,
-        move || live.current().version,
-    ))
-}
-
 /// Builds the server and runs it; returns only on a start-up error.
 pub fn run(mut opts: StartOptions) -> Result<(), String> {
     // A daemon changes its directory to `/`: keep the config findable for reloads.
@@ -190,7 +170,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         stats: stats.clone(),
         token: boot.admin_token.as_deref().map(Arc::from),
         redis: redis.clone(),
-        store: embedded_store(&handle, &file),
+        store: crate::store::embedded::FileStore::for_handle(&handle, &file),
         sessions: Arc::default(),
         public_endpoints: boot.admin_public_endpoints,
         on_commit: None,

@@ -284,18 +284,14 @@ pub async fn import(
             "the body is not UTF-8",
         )
     })?;
-    let file = config::parse(text).map_err(|e| {
-        let syntax = e.0.len() == 1 && e.0[0].path.is_empty();
-        if syntax {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_yaml",
-                format!("the body is not a config document: {e}"),
-            )
-        } else {
-            ApiError::from(e)
-        }
-    })?;
+    if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_yaml",
+            format!("the body is not YAML or JSON: {e}"),
+        ));
+    }
+    let file = config::parse(text)?;
     let ignored = boot_settings(&file);
     let mut incoming = file.dynamic();
     let mut tmp = crate::store::State {

@@ -64,6 +64,25 @@ pub struct AdminState {
     pub on_commit: Option<OnCommit>,
 }
 
+impl AdminState {
+    /// The admin state of a config file with the embedded store, as
+    /// `flexgate start` builds it (also used by in-process tests).
+    pub fn for_file(path: &std::path::Path) -> Result<AdminState, crate::config::ConfigErrors> {
+        let (handle, boot, file) = ConfigHandle::load(path, None, None)?;
+        let handle = Arc::new(handle);
+        Ok(AdminState {
+            store: crate::store::embedded::FileStore::for_handle(&handle, &file),
+            config: handle,
+            stats: Arc::default(),
+            token: boot.admin_token.as_deref().map(Arc::from),
+            redis: None,
+            sessions: Arc::default(),
+            public_endpoints: boot.admin_public_endpoints,
+            on_commit: None,
+        })
+    }
+}
+
 /// One JSON error shape everywhere (the proxy's).
 pub fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
     ApiError::new(status, code, message).into_response()

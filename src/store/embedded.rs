@@ -68,6 +68,24 @@ impl FileStore {
         }
     }
 
+    /// The store of a live config handle's file (versions are the handle's).
+    pub fn for_handle(
+        handle: &std::sync::Arc<crate::reload::ConfigHandle>,
+        file: &FileConfig,
+    ) -> std::sync::Arc<dyn Store> {
+        let keys = crate::keys::store::store_path(
+            handle.path(),
+            file.security
+                .auth
+                .as_ref()
+                .and_then(|a| a.key_store.as_deref()),
+        );
+        let live = handle.clone();
+        std::sync::Arc::new(FileStore::new(handle.path(), &keys, move || {
+            live.current().version
+        }))
+    }
+
     /// Where the previous config text is kept.
     pub fn prev_path(&self) -> PathBuf {
         let mut p = self.config_path.clone().into_os_string();
