@@ -575,6 +575,30 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Kills the process (`SIGKILL`: no chance to tidy up) and starts it
+    /// again on the same config file and ports.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_flexgate"))
+            .args(["start", "-c"])
+            .arg(&self.config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .env_remove("PORT")
+            .env_remove("FLEXGATE_CONFIG")
+            .spawn()
+            .expect("spawn flexgate");
+        self.wait_ready(self.port);
+        self.wait_ready(self.admin_port);
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
