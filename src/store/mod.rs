@@ -19,6 +19,7 @@
 //! the admin layer validates and compiles before it commits.
 
 pub mod embedded;
+pub mod sync;
 
 use crate::config::DynamicConfig;
 use crate::keys::store::KeyFile;
@@ -149,6 +150,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of the audit log, newest first.
     async fn audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
+
+    /// Whether the store answers (readiness). The embedded store always does.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Replaces `path` with `bytes` so that a crash at any moment leaves the old
