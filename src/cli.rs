@@ -1,4 +1,4 @@
-//! Command line: `start`, `check`, `init`, `keys hash`, `version`.
+//! Command line: `start`, `check`, `init`, `keys hash`, `migrate`, `version`.
 //!
 //! Exit codes: 0 success, 1 invalid config or failed command, 2 usage error
 //! (clap). Every error names the file and the key path at fault.
@@ -66,6 +66,14 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Create or upgrade the PostgreSQL config-store schema (idempotent).
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// PostgreSQL URL; default: DATABASE_URL, then the config's database.url.
+        #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
     /// Print version, commit and build profile.
     Version,
@@ -289,6 +297,24 @@ pub fn run() -> i32 {
                 1
             }
         },
+        Command::Migrate {
+            config,
+            database_url,
+        } => match migrate(&config.config, database_url) {
+            Ok(report) => {
+                let what = match report.applied.len() {
+                    0 => "up to date".to_string(),
+                    1 => "applied 1 migration".to_string(),
+                    n => format!("applied {n} migrations"),
+                };
+                println!("schema at version {} ({what})", report.version);
+                0
+            }
+            Err(e) => {
+                eprintln!("flexgate migrate: {e}");
+                1
+            }
+        },
         Command::Version => {
             println!(
                 "flexgate {} (commit {}, {} build)",
@@ -303,6 +329,46 @@ pub fn run() -> i32 {
             0
         }
     }
+}
+
+/// `flexgate migrate`: the URL from the flag or `DATABASE_URL`, else the
+/// config file's `database.url`.
+fn migrate(
+    config_path: &std::path::Path,
+    url: Option<String>,
+) -> Result<crate::store::postgres::MigrationReport, String> {
+    let url = match url.filter(|u| !u.trim().is_empty()) {
+        Some(u) => u,
+        None => {
+            let text = std::fs::read_to_string(config_path).map_err(|e| {
+                format!(
+                    "no database URL: pass --database-url or set DATABASE_URL \
+                     (cannot read {} for database.url: {e})",
+                    config_path.display()
+                )
+            })?;
+            let cfg = config::parse(&text)
+                .map_err(|e| format!("invalid config {}:\n{e}", config_path.display()))?;
+            cfg.database
+                .and_then(|d| d.url)
+                .filter(|u| !u.trim().is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "no database URL: pass --database-url, set DATABASE_URL \
+                         or set database.url in {}",
+                        config_path.display()
+                    )
+                })?
+        }
+    };
+    let store = crate::store::postgres::PgStore::new(&url).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime
+        .block_on(store.migrate_report())
+        .map_err(|e| e.to_string())
 }
 
 fn check(path: &std::path::Path) -> i32 {

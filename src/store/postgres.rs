@@ -1,0 +1,914 @@
+//! The PostgreSQL store (`DATABASE_URL`): several gateway nodes share one
+//! managed config.
+//!
+//! # What is stored where
+//!
+//! | table | rows | key |
+//! | --- | --- | --- |
+//! | `routes` | one per route, `body` = the route as JSON | the route's `id`, or `route-<index>` when it has none |
+//! | `upstreams` | one per upstream | `name` |
+//! | `webhooks` | one per webhook | its `id`, or `webhook-<index>` |
+//! | `api_keys` | one per generated key: name, SHA-256 hex digest (never the key), scopes, routes, expiry, revoked, creation time | `id` |
+//! | `settings` | `proxy` (the reloadable proxy defaults), `security`, `rateLimit`, `logging` | `name` |
+//! | `config_version` | one row: the version of the whole state, and when it changed | — |
+//! | `audit_log` | one per audit entry, with the version it produced | `id` (assigned by the database) |
+//!
+//! Lists keep their order in a `position` column (route order matters).
+//! Bodies are the camelCase JSON of the config model, so [`Store::load`]
+//! returns exactly the [`DynamicConfig`] that was committed (a route without
+//! an `id` is keyed `route-<index>` but its body still has no id).
+//!
+//! # Transactions
+//!
+//! - [`Store::load`] reads every table in one `REPEATABLE READ, READ ONLY`
+//!   transaction: one consistent state. Version 0 (or no version row) is an
+//!   empty store: `Ok(None)`.
+//! - [`Store::commit`] is one transaction: it locks the version row
+//!   (`SELECT … FOR UPDATE`, so writers queue up), answers
+//!   [`StoreError::Conflict`] if the version is not the one the writer
+//!   started from, otherwise replaces the rows of every table, bumps the
+//!   version and appends the audit entries. Any error rolls everything back:
+//!   a failed commit leaves no row and no audit entry behind.
+//!
+//! # Time bounds
+//!
+//! Connections are made lazily (none by [`PgStore::new`]) on the current
+//! tokio runtime, pooled, and recycled after a cheap liveness check. Every
+//! call is bounded: connecting 2 s (TCP connect and, through the pool's
+//! create timeout, the whole handshake), waiting for a pooled connection
+//! 2 s, each statement 5 s (`statement_timeout`, set per connection), and the
+//! whole operation 6 s on the client side (so a frozen server cannot hang a
+//! caller either). A transaction left idle by a vanished client is ended by
+//! the server after 10 s (`idle_in_transaction_session_timeout`), releasing
+//! the version-row lock. Failures to reach or use the database are
+//! [`StoreError::Unavailable`] with the cause; a connection that failed or
+//! timed out is discarded, not returned to the pool.
+//!
+//! # Migrations
+//!
+//! The schema is created by versioned SQL files in `migrations/`
+//! (`V<n>__<name>.sql`, embedded in the binary), applied by
+//! [`PgStore::migrate`] (`flexgate migrate`). Each runs in its own
+//! transaction under a transaction-level advisory lock, so concurrent runs
+//! from several nodes apply each file once; applied versions and checksums
+//! are recorded in `flexgate_schema_history`, and a second run is a no-op.
+//! Rules: an applied file is never edited (its checksum is checked) — a
+//! change is a new file with the next version; a database whose schema is
+//! newer than the binary knows is refused ("upgrade flexgate"), never
+//! downgraded.
+
+use super::{AuditEntry, AuditPage, AuditQuery, State, Store, StoreError, Versioned};
+use crate::config::{
+    DynamicConfig, LoggingSection, ProxyDefaults, RateLimitSection, RouteConfig, SecuritySection,
+    UpstreamConfig, WebhookConfig,
+};
+use crate::keys::store::{KeyFile, StoredKey};
+use async_trait::async_trait;
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    TimeoutType,
+};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::time::Duration;
+use tokio_postgres::config::Host;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{IsolationLevel, NoTls};
+
+/// TCP connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Waiting for a pooled connection, creating one (handshake included),
+/// recycling one.
+const POOL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Server-side limit of one statement (milliseconds).
+const STATEMENT_TIMEOUT_MS: u64 = 5_000;
+/// Server-side limit of a transaction left idle (milliseconds).
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
+/// Client-side limit of a whole operation (after a connection was obtained).
+const OP_TIMEOUT: Duration = Duration::from_secs(6);
+/// Client-side limit of a whole migration run.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(35);
+/// Server-side statement limit inside a migration transaction (milliseconds).
+const MIGRATE_STATEMENT_TIMEOUT_MS: u64 = 30_000;
+/// Connections per process.
+const POOL_SIZE: usize = 8;
+/// Advisory lock held by a migration transaction (`FlexGate` in ASCII).
+const MIGRATION_LOCK: i64 = 0x466c_6578_4761_7465;
+/// Applied migrations.
+const HISTORY_TABLE: &str = "flexgate_schema_history";
+
+/// One embedded migration file.
+struct Migration {
+    version: u32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// Every migration, in version order (`migrations/V<n>__<name>.sql`).
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "config_store",
+    sql: include_str!("../../migrations/V1__config_store.sql"),
+}];
+
+/// The newest schema version this binary knows.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+/// What [`PgStore::migrate_report`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Schema version after the run.
+    pub version: u32,
+    /// Versions applied by this run (empty: it was up to date).
+    pub applied: Vec<u32>,
+}
+
+/// The PostgreSQL config store.
+pub struct PgStore {
+    pool: Pool,
+    /// `host:port/dbname`, for messages (never the password).
+    target: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// A store for `url` (`postgres://user:pass@host:5432/db` or
+    /// `host=… dbname=…`). Connects nothing: connections are made on first
+    /// use. A malformed URL is [`StoreError::Invalid`].
+    pub fn new(url: &str) -> Result<PgStore, StoreError> {
+        let mut cfg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("invalid database URL: {e}")))?;
+        if cfg.get_hosts().is_empty() && cfg.get_hostaddrs().is_empty() {
+            return Err(StoreError::Invalid(
+                "invalid database URL: it names no host (e.g. postgres://user@127.0.0.1:5432/flexgate)"
+                    .into(),
+            ));
+        }
+        let target = describe(&cfg);
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+        // Ours first: settings given in the URL win.
+        let ours = format!(
+            "-c statement_timeout={STATEMENT_TIMEOUT_MS} \
+             -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+        );
+        let options = match cfg.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{ours} {o}"),
+            _ => ours,
+        };
+        cfg.options(options);
+        if cfg.get_application_name().is_none() {
+            cfg.application_name("flexgate");
+        }
+        let manager = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("database pool: {e}")))?;
+        Ok(PgStore { pool, target })
+    }
+
+    /// `host:port/dbname` of the database (no credentials).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Readiness probe: `SELECT 1`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let out = self
+            .bounded(OP_TIMEOUT, async {
+                c.simple_query("SELECT 1")
+                    .await
+                    .map(drop)
+                    .map_err(|e| self.pg_error("ping", e))
+            })
+            .await;
+        self.release(c, &out);
+        out
+    }
+
+    /// Applies the pending migrations; returns the schema version after.
+    pub async fn migrate(&self) -> Result<u32, StoreError> {
+        self.migrate_report().await.map(|r| r.version)
+    }
+
+    /// Applies the pending migrations (each in its own transaction, under an
+    /// advisory lock); reports the version after and what was applied.
+    /// A database newer than [`SCHEMA_VERSION`] is [`StoreError::Invalid`].
+    pub async fn migrate_report(&self) -> Result<MigrationReport, StoreError> {
+        let mut c = self.client().await?;
+        let out = self
+            .bounded(MIGRATE_TIMEOUT, async {
+                let mut applied = Vec::new();
+                loop {
+                    match self.migrate_step(&mut c).await? {
+                        Step::Applied(v) => applied.push(v),
+                        Step::UpToDate(version) => return Ok(MigrationReport { version, applied }),
+                    }
+                }
+            })
+            .await;
+        self.release(c, &out);
+        out
+    }
+
+    /// One transaction: lock, read the history, apply the next migration.
+    async fn migrate_step(&self, c: &mut Object) -> Result<Step, StoreError> {
+        let e = |e| self.pg_error("migrate", e);
+        let tx = c.transaction().await.map_err(e)?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {MIGRATE_STATEMENT_TIMEOUT_MS}"
+        ))
+        .await
+        .map_err(e)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(e)?;
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (
+                version    integer     PRIMARY KEY,
+                name       text        NOT NULL,
+                checksum   text        NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )"
+        ))
+        .await
+        .map_err(e)?;
+        let rows = tx
+            .query(
+                &format!("SELECT version, name, checksum FROM {HISTORY_TABLE} ORDER BY version"),
+                &[],
+            )
+            .await
+            .map_err(e)?;
+        let mut current = 0u32;
+        for row in &rows {
+            let version: i32 = row.get(0);
+            let version = u32::try_from(version).unwrap_or(0);
+            let (name, checksum): (String, String) = (row.get(1), row.get(2));
+            current = current.max(version);
+            if let Some(m) = MIGRATIONS.iter().find(|m| m.version == version) {
+                if checksum != sql_checksum(m.sql) {
+                    return Err(StoreError::Invalid(format!(
+                        "migration V{version}__{name} applied to the database differs from \
+                         V{}__{} in this flexgate (checksum mismatch); applied migrations must \
+                         never be edited",
+                        m.version, m.name
+                    )));
+                }
+            }
+        }
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::Invalid(format!(
+                "database schema is at version {current} but this flexgate knows up to \
+                 {SCHEMA_VERSION}; upgrade flexgate"
+            )));
+        }
+        let Some(m) = MIGRATIONS.iter().find(|m| m.version > current) else {
+            tx.commit().await.map_err(e)?;
+            return Ok(Step::UpToDate(current));
+        };
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|err| self.pg_error(&format!("migration V{}__{}", m.version, m.name), err))?;
+        tx.execute(
+            &format!("INSERT INTO {HISTORY_TABLE} (version, name, checksum) VALUES ($1, $2, $3)"),
+            &[&(m.version as i32), &m.name, &sql_checksum(m.sql)],
+        )
+        .await
+        .map_err(e)?;
+        tx.commit().await.map_err(e)?;
+        tracing::info!(
+            target = %self.target,
+            "applied schema migration V{}__{}",
+            m.version,
+            m.name
+        );
+        Ok(Step::Applied(m.version))
+    }
+
+    /// A pooled connection (bounded by the pool timeouts).
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Timeout(TimeoutType::Wait) => StoreError::Unavailable(format!(
+                "no free PostgreSQL connection to {} within {}s (all {POOL_SIZE} busy)",
+                self.target,
+                POOL_TIMEOUT.as_secs()
+            )),
+            PoolError::Timeout(TimeoutType::Create) => StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {}: no answer within {}s",
+                self.target,
+                POOL_TIMEOUT.as_secs()
+            )),
+            PoolError::Timeout(TimeoutType::Recycle) => StoreError::Unavailable(format!(
+                "PostgreSQL at {} did not answer a liveness check within {}s",
+                self.target,
+                POOL_TIMEOUT.as_secs()
+            )),
+            PoolError::Backend(e) => StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {}: {}",
+                self.target,
+                pg_message(&e)
+            )),
+            other => StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {}: {other}",
+                self.target
+            )),
+        })
+    }
+
+    /// Runs `op` with a client-side time limit.
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "PostgreSQL at {} did not answer within {}s",
+                self.target,
+                limit.as_secs()
+            )))
+        })
+    }
+
+    /// Returns the connection to the pool, or discards it when the
+    /// operation failed for want of the database (it may be broken or hung
+    /// mid-query).
+    fn release<T>(&self, c: Object, out: &Result<T, StoreError>) {
+        if matches!(out, Err(StoreError::Unavailable(_))) || c.is_closed() {
+            drop(Object::take(c));
+        }
+    }
+
+    /// Maps a driver error: data and constraint errors are `Invalid`,
+    /// everything else (connection, timeout, server state) `Unavailable`.
+    fn pg_error(&self, what: &str, e: tokio_postgres::Error) -> StoreError {
+        let Some(db) = e.as_db_error() else {
+            return StoreError::Unavailable(format!(
+                "{what}: PostgreSQL at {}: {}",
+                self.target,
+                pg_message(&e)
+            ));
+        };
+        let code = db.code().code();
+        // Only a duplicate key's detail: others (a check violation's
+        // "failing row") could echo values that belong in no log.
+        let detail = match (code, db.detail()) {
+            ("23505", Some(d)) => format!(" ({d})"),
+            _ => String::new(),
+        };
+        let msg = format!("{what}: {}{detail} [SQLSTATE {code}]", db.message());
+        match code {
+            "42P01" => StoreError::Invalid(format!(
+                "{what}: the config store schema is missing in {} ({}); run `flexgate migrate`",
+                self.target,
+                db.message()
+            )),
+            "57014" => StoreError::Unavailable(format!(
+                "{what}: statement cancelled by PostgreSQL at {} (timeout {}s)",
+                self.target,
+                STATEMENT_TIMEOUT_MS / 1000
+            )),
+            c if c.starts_with("22") || c.starts_with("23") || c.starts_with("42") => {
+                StoreError::Invalid(msg)
+            }
+            _ => StoreError::Unavailable(format!("{msg} at {}", self.target)),
+        }
+    }
+
+    async fn load_in(&self, c: &mut Object) -> Result<Option<Versioned>, StoreError> {
+        let e = |e| self.pg_error("load", e);
+        let tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(e)?;
+        let version = read_version(&tx).await.map_err(e)?;
+        if version == 0 {
+            tx.commit().await.map_err(e)?;
+            return Ok(None);
+        }
+        let (routes, upstreams, webhooks, settings, keys) = futures::try_join!(
+            tx.query("SELECT id, body FROM routes ORDER BY position", &[]),
+            tx.query("SELECT name, body FROM upstreams ORDER BY position", &[]),
+            tx.query("SELECT id, body FROM webhooks ORDER BY position", &[]),
+            tx.query("SELECT name, body FROM settings", &[]),
+            tx.query(
+                "SELECT id, name, digest, scopes, routes, expires_at, revoked, created_at \
+                 FROM api_keys ORDER BY position",
+                &[],
+            ),
+        )
+        .map_err(e)?;
+        tx.commit().await.map_err(e)?;
+
+        let mut config = DynamicConfig {
+            routes: bodies::<RouteConfig>("routes", &routes)?,
+            upstreams: bodies::<UpstreamConfig>("upstreams", &upstreams)?,
+            webhooks: bodies::<WebhookConfig>("webhooks", &webhooks)?,
+            ..DynamicConfig::default()
+        };
+        for row in &settings {
+            let name: String = row.get(0);
+            let body: Value = row.get(1);
+            match name.as_str() {
+                "proxy" => config.defaults = setting::<ProxyDefaults>(&name, body)?,
+                "security" => config.security = setting::<SecuritySection>(&name, body)?,
+                "rateLimit" => config.rate_limit = setting::<RateLimitSection>(&name, body)?,
+                "logging" => config.logging = setting::<LoggingSection>(&name, body)?,
+                // Written by a newer flexgate of the same schema version.
+                _ => tracing::warn!(setting = %name, "ignoring an unknown settings row"),
+            }
+        }
+        let keys = KeyFile {
+            keys: keys
+                .iter()
+                .map(|row| {
+                    let id: String = row.get(0);
+                    let unsigned = |col: &str, v: i64| {
+                        u64::try_from(v).map_err(|_| {
+                            StoreError::Invalid(format!("api_keys row {id:?}: negative {col}"))
+                        })
+                    };
+                    Ok(StoredKey {
+                        name: row.get(1),
+                        digest: row.get(2),
+                        scopes: row.get(3),
+                        routes: row.get(4),
+                        expires_at: row
+                            .get::<_, Option<i64>>(5)
+                            .map(|v| unsigned("expires_at", v))
+                            .transpose()?,
+                        revoked: row.get(6),
+                        created_at: unsigned("created_at", row.get(7))?,
+                        id,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+        };
+        Ok(Some(Versioned {
+            version,
+            state: State { config, keys },
+        }))
+    }
+
+    async fn commit_in(
+        &self,
+        c: &mut Object,
+        expected: u64,
+        next: &State,
+        audit: &[AuditEntry],
+    ) -> Result<u64, StoreError> {
+        let rows = Rows::of(next)?;
+        let version = i64::try_from(expected)
+            .ok()
+            .and_then(|v| v.checked_add(1))
+            .ok_or_else(|| StoreError::Invalid(format!("version {expected} is out of range")))?;
+        let e = |e| self.pg_error("commit", e);
+        let tx = c.transaction().await.map_err(e)?;
+        let lock = "SELECT version FROM config_version FOR UPDATE";
+        let current: i64 = match tx.query_opt(lock, &[]).await.map_err(e)? {
+            Some(row) => row.get(0),
+            None => {
+                // First commit into a database whose version row is gone: a
+                // concurrent first commit waits on the insert, then sees
+                // the winner's version below.
+                tx.execute(
+                    "INSERT INTO config_version (singleton, version) VALUES (true, 0) \
+                     ON CONFLICT DO NOTHING",
+                    &[],
+                )
+                .await
+                .map_err(e)?;
+                tx.query_one(lock, &[]).await.map_err(e)?.get(0)
+            }
+        };
+        if current != version - 1 {
+            tx.rollback().await.map_err(e)?;
+            return Err(StoreError::Conflict {
+                current: u64::try_from(current).unwrap_or(0),
+            });
+        }
+        tx.batch_execute(
+            "DELETE FROM routes; DELETE FROM upstreams; DELETE FROM webhooks; \
+             DELETE FROM api_keys; DELETE FROM settings;",
+        )
+        .await
+        .map_err(e)?;
+        const KEYED: &str = "SELECT e->>'key', (t.ord - 1)::integer, e->'body' \
+                             FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(e, ord)";
+        let ordered = |col: &str| {
+            format!(
+                "ARRAY(SELECT x FROM jsonb_array_elements_text(e->'{col}') \
+                 WITH ORDINALITY AS a(x, n) ORDER BY n)"
+            )
+        };
+        let keys_sql = format!(
+            "INSERT INTO api_keys (id, position, name, digest, scopes, routes, \
+             expires_at, revoked, created_at) \
+             SELECT e->>'id', (t.ord - 1)::integer, e->>'name', e->>'digest', {}, {}, \
+             (e->>'expiresAt')::bigint, (e->>'revoked')::boolean, \
+             (e->>'createdAt')::bigint \
+             FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(e, ord)",
+            ordered("scopes"),
+            ordered("routes")
+        );
+        let writes: [(String, &(dyn ToSql + Sync)); 6] = [
+            (
+                format!("INSERT INTO routes (id, position, body) {KEYED}"),
+                &rows.routes,
+            ),
+            (
+                format!("INSERT INTO upstreams (name, position, body) {KEYED}"),
+                &rows.upstreams,
+            ),
+            (
+                format!("INSERT INTO webhooks (id, position, body) {KEYED}"),
+                &rows.webhooks,
+            ),
+            (
+                "INSERT INTO settings (name, body) SELECT key, value FROM jsonb_each($1::jsonb)"
+                    .into(),
+                &rows.settings,
+            ),
+            (keys_sql, &rows.keys),
+            (
+                "UPDATE config_version SET version = $1, updated_at = now()".into(),
+                &version,
+            ),
+        ];
+        // Pipelined on the one connection.
+        futures::future::try_join_all(
+            writes
+                .iter()
+                .map(|(sql, param)| tx.execute(sql.as_str(), std::slice::from_ref(param))),
+        )
+        .await
+        .map_err(e)?;
+        // One by one, in order: ids increase with the entries' order.
+        let stmt = tx
+            .prepare(
+                "INSERT INTO audit_log (time, actor, action, resource, before, after, version) \
+                 VALUES ($1::text::timestamptz, $2, $3, $4, $5, $6, $7)",
+            )
+            .await
+            .map_err(e)?;
+        for a in audit {
+            tx.execute(
+                &stmt,
+                &[
+                    &a.time,
+                    &a.actor,
+                    &a.action,
+                    &a.resource,
+                    &a.before,
+                    &a.after,
+                    &version,
+                ],
+            )
+            .await
+            .map_err(|err| self.pg_error(&format!("commit (audit entry {:?})", a.resource), err))?;
+        }
+        tx.commit().await.map_err(e)?;
+        Ok(version as u64)
+    }
+
+    async fn audit_in(&self, c: &Object, q: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let size = q.page_size();
+        let before = q.before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        let mut sql = String::from(
+            "SELECT id, to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+             actor, action, resource, before, after, version FROM audit_log WHERE true",
+        );
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if let Some(b) = &before {
+            params.push(b);
+            sql.push_str(&format!(" AND id < ${}", params.len()));
+        }
+        if let Some(a) = &q.action {
+            params.push(a);
+            sql.push_str(&format!(" AND action = ${}", params.len()));
+        }
+        if let Some(a) = &q.actor {
+            params.push(a);
+            sql.push_str(&format!(" AND actor = ${}", params.len()));
+        }
+        if let Some(r) = &q.resource {
+            params.push(r);
+            let n = params.len();
+            sql.push_str(&format!(
+                " AND (resource = ${n} OR starts_with(resource, ${n} || '/'))"
+            ));
+        }
+        if let Some(s) = &q.since {
+            params.push(s);
+            sql.push_str(&format!(
+                " AND time >= ${}::text::timestamptz",
+                params.len()
+            ));
+        }
+        if let Some(u) = &q.until {
+            params.push(u);
+            sql.push_str(&format!(
+                " AND time <= ${}::text::timestamptz",
+                params.len()
+            ));
+        }
+        let limit = (size + 1) as i64;
+        params.push(&limit);
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
+        let rows = c
+            .query(&sql, &params)
+            .await
+            .map_err(|e| self.pg_error("audit", e))?;
+        let mut entries: Vec<AuditEntry> = rows
+            .iter()
+            .map(|row| AuditEntry {
+                id: row.get::<_, i64>(0) as u64,
+                time: row.get(1),
+                actor: row.get(2),
+                action: row.get(3),
+                resource: row.get(4),
+                before: row.get(5),
+                after: row.get(6),
+                version: row.get::<_, i64>(7) as u64,
+            })
+            .collect();
+        let next = (entries.len() > size).then(|| {
+            entries.truncate(size);
+            entries.last().map_or(0, |e| e.id)
+        });
+        Ok(AuditPage { entries, next })
+    }
+}
+
+enum Step {
+    Applied(u32),
+    UpToDate(u32),
+}
+
+/// The rows of a state, as JSON arrays for one bulk insert per table.
+struct Rows {
+    routes: Value,
+    upstreams: Value,
+    webhooks: Value,
+    settings: Value,
+    keys: Value,
+}
+
+impl Rows {
+    fn of(state: &State) -> Result<Rows, StoreError> {
+        fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<Value, StoreError> {
+            serde_json::to_value(v)
+                .map_err(|e| StoreError::Invalid(format!("cannot serialise {what}: {e}")))
+        }
+        let c = &state.config;
+        let keyed = |items: Vec<(String, Value)>| -> Value {
+            Value::Array(
+                items
+                    .into_iter()
+                    .map(|(key, body)| json!({ "key": key, "body": body }))
+                    .collect(),
+            )
+        };
+        let routes = c
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let key = r.id.clone().unwrap_or_else(|| format!("route-{i}"));
+                Ok((key, to_json("a route", r)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let upstreams = c
+            .upstreams
+            .iter()
+            .map(|u| Ok((u.name.clone(), to_json("an upstream", u)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let webhooks = c
+            .webhooks
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let key = w.id.clone().unwrap_or_else(|| format!("webhook-{i}"));
+                Ok((key, to_json("a webhook", w)?))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Rows {
+            routes: keyed(routes),
+            upstreams: keyed(upstreams),
+            webhooks: keyed(webhooks),
+            settings: json!({
+                "proxy": to_json("proxy", &c.defaults)?,
+                "security": to_json("security", &c.security)?,
+                "rateLimit": to_json("rateLimit", &c.rate_limit)?,
+                "logging": to_json("logging", &c.logging)?,
+            }),
+            keys: to_json("the API keys", &state.keys.keys)?,
+        })
+    }
+}
+
+/// The stored version (0 when nothing was stored).
+async fn read_version(c: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
+    let row = c
+        .query_opt("SELECT version FROM config_version", &[])
+        .await?;
+    Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+}
+
+/// Decodes `(key, body)` rows.
+fn bodies<T: serde::de::DeserializeOwned>(
+    table: &str,
+    rows: &[tokio_postgres::Row],
+) -> Result<Vec<T>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let key: String = row.get(0);
+            serde_json::from_value(row.get(1)).map_err(|e| {
+                StoreError::Invalid(format!("{table} row {key:?} cannot be read back: {e}"))
+            })
+        })
+        .collect()
+}
+
+fn setting<T: serde::de::DeserializeOwned>(name: &str, body: Value) -> Result<T, StoreError> {
+    serde_json::from_value(body)
+        .map_err(|e| StoreError::Invalid(format!("settings row {name:?} cannot be read back: {e}")))
+}
+
+/// SHA-256 hex of a migration's text (line endings normalised).
+fn sql_checksum(sql: &str) -> String {
+    let text = sql.replace("\r\n", "\n");
+    crate::keys::to_hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+/// `host:port/dbname` of a config, for messages.
+fn describe(cfg: &tokio_postgres::Config) -> String {
+    let port = |i: usize| {
+        cfg.get_ports()
+            .get(i)
+            .or(cfg.get_ports().first())
+            .copied()
+            .unwrap_or(5432)
+    };
+    let hosts: Vec<String> = if cfg.get_hosts().is_empty() {
+        cfg.get_hostaddrs()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{a}:{}", port(i)))
+            .collect()
+    } else {
+        cfg.get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| match h {
+                Host::Tcp(name) => format!("{name}:{}", port(i)),
+                #[cfg(unix)]
+                Host::Unix(path) => format!("{}:{}", path.display(), port(i)),
+            })
+            .collect()
+    };
+    format!(
+        "{}/{}",
+        hosts.join(","),
+        cfg.get_dbname().or(cfg.get_user()).unwrap_or("postgres")
+    )
+}
+
+/// A driver error's message (the database's own words when it has them,
+/// else the error and its causes: `error connecting to server: Connection
+/// refused (os error 111)`).
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} [SQLSTATE {}]", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn load(&self) -> Result<Option<Versioned>, StoreError> {
+        let mut c = self.client().await?;
+        let out = self.bounded(OP_TIMEOUT, self.load_in(&mut c)).await;
+        self.release(c, &out);
+        out
+    }
+
+    async fn version(&self) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        let out = self
+            .bounded(OP_TIMEOUT, async {
+                read_version(&c)
+                    .await
+                    .map_err(|e| self.pg_error("version", e))
+            })
+            .await;
+        self.release(c, &out);
+        out
+    }
+
+    async fn commit(
+        &self,
+        expected: u64,
+        next: &State,
+        audit: &[AuditEntry],
+    ) -> Result<u64, StoreError> {
+        let mut c = self.client().await?;
+        let out = self
+            .bounded(OP_TIMEOUT, self.commit_in(&mut c, expected, next, audit))
+            .await;
+        self.release(c, &out);
+        out
+    }
+
+    async fn audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let c = self.client().await?;
+        let out = self.bounded(OP_TIMEOUT, self.audit_in(&c, query)).await;
+        self.release(c, &out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_urls_are_invalid_without_connecting() {
+        for url in [
+            "postgres://u@h:notaport/db",
+            "not a url at all =",
+            "postgres:///db",
+        ] {
+            match PgStore::new(url) {
+                Err(StoreError::Invalid(m)) => assert!(m.contains("database URL"), "{m}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        let s = PgStore::new("postgres://fg:secret@db.internal:6543/flexgate").unwrap();
+        assert_eq!(s.target(), "db.internal:6543/flexgate");
+        assert!(!format!("{s:?}").contains("secret"));
+    }
+
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort_by_key(|n| {
+            n.trim_start_matches('V')
+                .split("__")
+                .next()
+                .and_then(|v| v.parse::<u32>().ok())
+        });
+        let embedded: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("V{}__{}.sql", m.version, m.name))
+            .collect();
+        assert_eq!(files, embedded, "migrations/ and MIGRATIONS must match");
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1, "versions are 1, 2, 3 …");
+            let text = std::fs::read_to_string(dir.join(&embedded[i])).unwrap();
+            assert_eq!(sql_checksum(&text), sql_checksum(m.sql));
+        }
+    }
+}
