@@ -13,6 +13,8 @@ use crate::limit::redis::{RedisLimiter, RedisLimiterService};
 use crate::proxy::edge::{ConnCounters, EdgeApp};
 use crate::proxy::{Gateway, ProxyStats};
 use crate::reload::{ConfigHandle, ReloadService};
+use crate::store::postgres::PgStore;
+use crate::store::{sync, State, Store, StoreError, Versioned};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
@@ -91,15 +93,137 @@ pub fn tls_settings_for(
     Ok(settings)
 }
 
+/// `DATABASE_URL`, else `database.url`: database mode when set.
+fn database_url(file: &crate::config::FileConfig) -> Option<String> {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| file.database.as_ref().and_then(|d| d.url.clone()))
+}
+
+/// `NATS_URL`, else `nats.url`.
+fn nats_url(file: &crate::config::FileConfig) -> Option<String> {
+    std::env::var("NATS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| file.nats.as_ref().and_then(|n| n.url.clone()))
+}
+
+/// Database mode at start: migrate, then load the managed state — or, on
+/// an empty database, import the file's dynamic config (and key store)
+/// once. With the database down: the cached last state, else the file's
+/// (version 0, replaced as soon as the database answers).
+fn database_state(
+    url: &str,
+    config_path: &std::path::Path,
+    file: &crate::config::FileConfig,
+) -> Result<Versioned, String> {
+    let cache = sync::cache_path(config_path);
+    let keys_path = crate::keys::store::store_path(
+        config_path,
+        file.security
+            .auth
+            .as_ref()
+            .and_then(|a| a.key_store.as_deref()),
+    );
+    let from_file = || -> Result<State, String> {
+        Ok(State {
+            config: file.dynamic(),
+            keys: crate::keys::store::load(&keys_path)?,
+        })
+    };
+    // A runtime of its own, gone before Pingora forks (daemon mode).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let outcome: Result<Versioned, StoreError> = rt.block_on(async {
+        let store = PgStore::new(url)?;
+        store.migrate().await?;
+        if let Some(v) = store.load().await? {
+            tracing::info!(version = v.version, "config loaded from the database");
+            return Ok(v);
+        }
+        let state = from_file().map_err(StoreError::Invalid)?;
+        let entry = crate::store::AuditEntry {
+            id: 0,
+            time: crate::store::now_rfc3339(),
+            actor: "startup".into(),
+            action: "import".into(),
+            resource: "config".into(),
+            before: None,
+            after: None,
+            version: 1,
+        };
+        match store.commit(0, &state, &[entry]).await {
+            Ok(version) => {
+                tracing::info!(
+                    version,
+                    "empty database: imported the config file's routes, upstreams and settings"
+                );
+                Ok(Versioned { version, state })
+            }
+            // Another node imported first: use theirs.
+            Err(StoreError::Conflict { .. }) => store
+                .load()
+                .await?
+                .ok_or_else(|| StoreError::Invalid("the database is empty after an import".into())),
+            Err(e) => Err(e),
+        }
+    });
+    match outcome {
+        Ok(v) => {
+            sync::write_cache(&cache, &v);
+            Ok(v)
+        }
+        Err(StoreError::Unavailable(e)) => match sync::read_cache(&cache) {
+            Some(v) => {
+                tracing::error!(version = v.version, cache = %cache.display(), "database unreachable at start ({e}); serving the cached config and retrying");
+                Ok(v)
+            }
+            None => {
+                tracing::error!("database unreachable at start ({e}) and no cached config: serving the config file's until it answers");
+                Ok(Versioned {
+                    version: 0,
+                    state: from_file()?,
+                })
+            }
+        },
+        Err(e) => Err(format!("database {}: {e}", redact(url))),
+    }
+}
+
+/// A database URL without its password (for messages).
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Builds the server and runs it; returns only on a start-up error.
 pub fn run(mut opts: StartOptions) -> Result<(), String> {
     // A daemon changes its directory to `/`: keep the config findable for reloads.
     if let Ok(abs) = std::fs::canonicalize(&opts.config_path) {
         opts.config_path = abs;
     }
-    let (handle, boot, file) = ConfigHandle::load(&opts.config_path, opts.port_override, None)
+    let first = crate::config::load_file(&opts.config_path)
         .map_err(|e| format!("invalid config {}:\n{e}", opts.config_path.display()))?;
-    let _log_guard = crate::logging::init(&file.logging, opts.daemon);
+    let _log_guard = crate::logging::init(&first.logging, opts.daemon);
+    let database = database_url(&first);
+    let managed = match &database {
+        Some(url) => Some(database_state(url, &opts.config_path, &first)?),
+        None => None,
+    };
+    let (handle, boot, file) =
+        ConfigHandle::load(&opts.config_path, opts.port_override, managed)
+            .map_err(|e| format!("invalid config {}:\n{e}", opts.config_path.display()))?;
     let handle = Arc::new(handle);
 
     let conf = ServerConf {
@@ -165,15 +289,40 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         }
         server.add_service(secure);
     }
+    let (store, on_commit): (Arc<dyn Store>, Option<crate::admin::OnCommit>) = match &database {
+        Some(url) => {
+            let pg: Arc<dyn Store> = Arc::new(PgStore::new(url).map_err(|e| e.to_string())?);
+            let (tx, rx) = sync::channel();
+            server.add_service(background_service(
+                "config sync",
+                sync::SyncService {
+                    config: handle.clone(),
+                    store: pg.clone(),
+                    nats_url: nats_url(&file),
+                    poll_interval: Duration::from_secs(1),
+                    cache: sync::cache_path(&opts.config_path),
+                    committed: tokio::sync::Mutex::new(Some(rx)),
+                },
+            ));
+            let notify: crate::admin::OnCommit = Arc::new(move |v| {
+                let _ = tx.try_send(v);
+            });
+            (pg, Some(notify))
+        }
+        None => (
+            crate::store::embedded::FileStore::for_handle(&handle, &file),
+            None,
+        ),
+    };
     let admin_state = crate::admin::AdminState {
         config: handle.clone(),
         stats: stats.clone(),
         token: boot.admin_token.as_deref().map(Arc::from),
         redis: redis.clone(),
-        store: crate::store::embedded::FileStore::for_handle(&handle, &file),
+        store: store.clone(),
         sessions: Arc::default(),
         public_endpoints: boot.admin_public_endpoints,
-        on_commit: None,
+        on_commit,
     };
     if admin_state.token.is_none() {
         tracing::warn!(

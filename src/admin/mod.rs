@@ -253,6 +253,32 @@ async fn ready(State(state): State<AdminState>) -> Response {
             details,
         },
     );
+    if state.store.kind() == "postgres" {
+        let ping =
+            tokio::time::timeout(std::time::Duration::from_secs(3), state.store.ping()).await;
+        let mut details = BTreeMap::new();
+        let up = match ping {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                details.insert("error".to_string(), serde_json::json!(e.to_string()));
+                false
+            }
+            Err(_) => {
+                details.insert(
+                    "error".to_string(),
+                    serde_json::json!("no answer within 3 s"),
+                );
+                false
+            }
+        };
+        checks.insert(
+            "database".to_string(),
+            CheckStatus {
+                status: if up { "UP" } else { "DOWN" }.into(),
+                details,
+            },
+        );
+    }
     let up = checks.values().all(|c| c.status == "UP");
     let status = if up {
         StatusCode::OK

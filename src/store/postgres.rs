@@ -823,6 +823,10 @@ impl Store for PgStore {
         "postgres"
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        PgStore::ping(self).await
+    }
+
     async fn load(&self) -> Result<Option<Versioned>, StoreError> {
         let mut c = self.client().await?;
         let out = self.bounded(OP_TIMEOUT, self.load_in(&mut c)).await;
