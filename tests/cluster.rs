@@ -186,6 +186,61 @@ fn without_nats_polling_converges_within_2s() {
     two_nodes_converge(&dead);
 }
 
+/// A `nats-server` of this test's own.
+struct PrivateNats(std::process::Child, u16);
+
+impl PrivateNats {
+    fn start() -> Option<PrivateNats> {
+        let port = free_port();
+        let child = match Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                skip_or_fail(&format!("cannot run nats-server: {e}"));
+                return None;
+            }
+        };
+        let up = eventually(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "nats-server did not listen on {port}");
+        Some(PrivateNats(child, port))
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn nats_stopping_leaves_polling_to_converge() {
+    let Some(db) = Db::create() else { return };
+    let Some(mut nats) = PrivateNats::start() else {
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{}", nats.1);
+    let up = TestUpstream::start("app", Behavior::Ok);
+    let a = Gateway::start("", &body(&up, &db.url(), &url));
+    let b = Gateway::start("", &body(&up, &db.url(), &url));
+    let r = create_route(a.admin_port, "with-nats", "/with-nats");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let took = time_to_serve(&b, "/with-nats", Duration::from_secs(5)).expect("converged");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let _ = nats.0.kill();
+    let _ = nats.0.wait();
+    let r = create_route(a.admin_port, "without-nats", "/without-nats");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let took = time_to_serve(&b, "/without-nats", Duration::from_secs(5)).expect("converged");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
 /// A PostgreSQL cluster of this test's own, on its own port.
 struct PrivatePg {
     dir: tempfile::TempDir,
