@@ -252,6 +252,10 @@ async fn routes_crud_is_live_persisted_and_audited() {
     assert_eq!(update["before"]["targetUrl"], "http://127.0.0.1:11");
     assert_eq!(update["after"]["upstream"], "other");
     assert_eq!(update["version"], 3);
+    assert_error(&get(&e.st, "/api/logs?since=yesterday").await, 400, "bad_request");
+    assert_error(&get(&e.st, "/api/logs?limit=many").await, 400, "bad_request");
+    let today = get(&e.st, "/api/logs?since=2000-01-01&until=2999-01-01T00:00:00Z").await;
+    assert_eq!(today.json()["entries"].as_array().unwrap().len(), 3);
     let page = get(&e.st, "/api/logs?limit=1").await.json();
     assert_eq!(page["entries"].as_array().unwrap().len(), 1);
     let older = get(&e.st, &format!("/api/logs?limit=5&before={}", page["next"]))

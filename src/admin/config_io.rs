@@ -392,6 +392,13 @@ pub async fn logs(
     params: Result<Query<LogParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(p) = params.map_err(bad_query)?;
+    for (name, v) in [("since", &p.since), ("until", &p.until)] {
+        if v.as_deref().is_some_and(|t| !is_utc_time(t)) {
+            return Err(bad_query(format!(
+                "{name}: expected a UTC time like 2026-11-25T10:00:00Z or a date like 2026-11-25"
+            )));
+        }
+    }
     let q = AuditQuery {
         limit: p.limit,
         before: p.before,
@@ -403,4 +410,29 @@ pub async fn logs(
     };
     let page: AuditPage = st.store.audit(&q).await?;
     Ok(axum::Json(page).into_response())
+}
+
+/// `2026-11-25` or `2026-11-25T10:00:00Z` (what audit times compare with).
+fn is_utc_time(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let date = b.len() >= 10
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10);
+    match b.len() {
+        10 => date,
+        20 => {
+            date && b[10] == b'T'
+                && digits(11..13)
+                && b[13] == b':'
+                && digits(14..16)
+                && b[16] == b':'
+                && digits(17..19)
+                && b[19] == b'Z'
+        }
+        _ => false,
+    }
 }

@@ -913,8 +913,17 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
     }
 
     // webhooks
+    let mut webhook_ids: std::collections::HashMap<&str, usize> = Default::default();
     for (i, w) in cfg.webhooks.iter().enumerate() {
         let wp = format!("webhooks[{i}]");
+        if let Some(id) = w.id.as_deref() {
+            if let Some(j) = webhook_ids.insert(id, i) {
+                e.push(ConfigError::new(
+                    format!("{wp}.id"),
+                    format!("duplicate webhook id {id:?} (also webhooks[{j}])"),
+                ));
+            }
+        }
         if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
             e.push(ConfigError::new(
                 format!("{wp}.url"),
