@@ -36,7 +36,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* "true" when the chart creates the Secret (a value is set and no existing Secret is named). */}}
 {{- define "flexgate.createSecret" -}}
 {{- $s := .Values.secret }}
-{{- if and (not $s.existingSecret) (or $s.adminToken $s.databaseUrl $s.redisUrl) }}true{{ end }}
+{{- if and (not $s.existingSecret) (or $s.adminToken $s.databaseUrl $s.redisUrl $s.natsUrl) }}true{{ end }}
 {{- end }}
 
 {{/* The Secret the container reads its environment from, if any. */}}
