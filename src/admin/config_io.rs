@@ -28,7 +28,15 @@ use serde_json::Value;
 #[into_params(parameter_in = Query)]
 pub struct ExportParams {
     /// `yaml` (default) or `json`.
-    pub format: Option<String>,
+    pub format: Option<ExportFormat>,
+}
+
+/// Export formats.
+#[derive(Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Yaml,
+    Json,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -70,7 +78,7 @@ fn bad_query(e: impl std::fmt::Display) -> ApiError {
     params(ExportParams),
     responses(
         (status = 200, description = "The dynamic config as a file `flexgate check` accepts",
-            content((String = "application/yaml"), (config::FileConfig = "application/json"))),
+            content((config::FileConfig = "application/yaml"), (config::FileConfig = "application/json"))),
         (status = 400, description = "Unknown format", body = super::api::ErrorBody),
         (status = 401, description = "No or wrong credentials", body = super::api::ErrorBody),
     ),
@@ -83,8 +91,8 @@ pub async fn export(
     let (version, mut state) = st.config.current_state();
     materialize_ids(&mut state);
     let file = state.config.to_file_config();
-    let mut resp = match params.format.as_deref() {
-        None | Some("yaml") => {
+    let mut resp = match params.format.unwrap_or(ExportFormat::Yaml) {
+        ExportFormat::Yaml => {
             let text = format!(
                 "# FlexGate dynamic config, version {version}, exported {}\n{}",
                 crate::store::now_rfc3339(),
@@ -92,15 +100,10 @@ pub async fn export(
             );
             ([(header::CONTENT_TYPE, "application/yaml")], text).into_response()
         }
-        Some("json") => {
+        ExportFormat::Json => {
             let mut v = serde_json::to_value(&file).unwrap_or_default();
             config::prune(&mut v);
             axum::Json(v).into_response()
-        }
-        Some(other) => {
-            return Err(bad_query(format!(
-                "format {other:?}: expected yaml or json"
-            )))
         }
     };
     resp.headers_mut()
@@ -237,8 +240,8 @@ mod erased {
 
 #[utoipa::path(post, path = "/api/config", tag = "config",
     params(ImportParams,
-        ("If-Match" = Option<String>, Header, description = "Config version the import is based on; 409 if it moved")),
-    request_body(content((String = "application/yaml"), (config::FileConfig = "application/json")),
+        ("If-Match" = Option<String>, Header, description = "Config version the import is based on; 409 if it moved (also for a dry run). `\"7\"`, `7`, `W/\"7\"`; `*` or empty: any", pattern = r#"^\s*(\*|(W/)?"?[0-9]{1,19}"?)?\s*$"#)),
+    request_body(content((config::FileConfig = "application/yaml"), (config::FileConfig = "application/json")),
         description = "A config document (the shape of GET /api/config)"),
     responses(
         (status = 200, description = "Applied (or, with dryRun, what would change)", body = ImportResult),
@@ -312,6 +315,7 @@ pub async fn import(
             .collect()
     };
     let (version, mut current) = st.config.current_state();
+    super::write::check_pinned(&headers, version)?;
     materialize_ids(&mut current);
     let preview = diff(&current.config, &incoming);
     if dry_run || preview.is_empty() {
@@ -362,19 +366,23 @@ pub async fn import(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct LogParams {
-    /// Page size (default 50, at most 500).
-    pub limit: Option<usize>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
     /// Only entries older than this id (the `next` of the previous page).
-    pub before: Option<u64>,
+    #[param(minimum = 1)]
+    pub before: Option<i64>,
     /// `create`, `update`, `delete`, `revoke`, `import`.
     pub action: Option<String>,
     /// `route/<id>` or a kind: `route`, `upstream`, `key`, `webhook`, `settings`.
     pub resource: Option<String>,
     /// `admin-token` or `session`.
     pub actor: Option<String>,
-    /// RFC 3339 lower bound, e.g. `2026-11-25T00:00:00Z`.
+    /// Lower bound: a UTC time `2026-11-25T10:00:00Z` or a date `2026-11-25`.
+    #[param(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)?$")]
     pub since: Option<String>,
-    /// RFC 3339 upper bound.
+    /// Upper bound, in the same forms.
+    #[param(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)?$")]
     pub until: Option<String>,
 }
 
@@ -399,9 +407,15 @@ pub async fn logs(
             )));
         }
     }
+    if p.limit.is_some_and(|l| !(1..=500).contains(&l)) {
+        return Err(bad_query("limit: must be between 1 and 500"));
+    }
+    if p.before.is_some_and(|b| b < 1) {
+        return Err(bad_query("before: must be at least 1"));
+    }
     let q = AuditQuery {
-        limit: p.limit,
-        before: p.before,
+        limit: p.limit.map(|l| l as usize),
+        before: p.before.map(|b| b as u64),
         action: p.action,
         resource: p.resource,
         actor: p.actor,

@@ -53,7 +53,12 @@ pub struct KeyView {
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateKey {
-    /// Consumer name, unique among active keys.
+    /// Consumer name, unique among active keys: printable, not only spaces.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+    )]
     pub name: String,
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -223,7 +228,7 @@ pub async fn create_key(
     ApiJson(req): ApiJson<CreateKey>,
 ) -> Result<Response, ApiError> {
     let name = req.name.trim().to_string();
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(
             "name",
             "must be 1 to 128 printable characters",

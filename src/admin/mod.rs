@@ -322,7 +322,7 @@ async fn prometheus(State(state): State<AdminState>) -> Response {
 }
 
 #[utoipa::path(post, path = "/api/session", tag = "session",
-    request_body(content = session::SessionRequest, description = "Or send the token as Authorization: Bearer"),
+    request_body(content = Option<session::SessionRequest>, description = "The token; or send it as Authorization: Bearer with no body"),
     responses(
         (status = 200, description = "Signed in: Set-Cookie flexgate_session (HttpOnly, SameSite=Strict)", body = session::SessionCreated),
         (status = 400, description = "Malformed JSON", body = api::ErrorBody),

@@ -34,6 +34,32 @@ impl Modify for Security {
     }
 }
 
+/// The server refuses unknown fields in every body it reads (422 naming
+/// them) and never sends fields it does not declare: say so in the schemas.
+struct ClosedObjects;
+
+impl Modify for ClosedObjects {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        use utoipa::openapi::RefOr;
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        for (name, schema) in components.schemas.iter_mut() {
+            // `CheckStatus` carries its details as extra fields.
+            if name == "CheckStatus" {
+                continue;
+            }
+            if let RefOr::T(Schema::Object(obj)) = schema {
+                if !obj.properties.is_empty() && obj.additional_properties.is_none() {
+                    obj.additional_properties =
+                        Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -54,7 +80,7 @@ impl Modify for Security {
         config_io::export, config_io::import, config_io::logs,
         serve,
     ),
-    modifiers(&Security),
+    modifiers(&Security, &ClosedObjects),
     tags(
         (name = "routes", description = "Routing rules"),
         (name = "upstreams", description = "Backends and their targets"),

@@ -55,6 +55,10 @@ pub fn pinned_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         return Ok(None);
     };
     let text = v.to_str().unwrap_or_default().trim();
+    // `*` (any version) and an empty value pin nothing.
+    if text.is_empty() || text == "*" {
+        return Ok(None);
+    }
     let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
     text.parse().map(Some).map_err(|_| {
         ApiError::new(
@@ -80,6 +84,18 @@ pub fn materialize_ids(state: &mut State) {
     }
 }
 
+/// 409 when `If-Match` pins another version than `version`.
+pub fn check_pinned(headers: &HeaderMap, version: u64) -> Result<Option<u64>, ApiError> {
+    match pinned_version(headers)? {
+        Some(p) if p != version => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "version_conflict",
+            format!("If-Match: the config is at version {version}, not {p}; read it again"),
+        )),
+        pinned => Ok(pinned),
+    }
+}
+
 /// Runs one write; returns the new version and what `change` produced.
 pub async fn apply<R>(
     st: &AdminState,
@@ -91,13 +107,7 @@ pub async fn apply<R>(
     for attempt in 0.. {
         let guard = st.config.lock().await;
         let (version, mut state) = st.config.current_state();
-        if let Some(p) = pinned.filter(|p| *p != version) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "version_conflict",
-                format!("If-Match: the config is at version {version}, not {p}; read it again"),
-            ));
-        }
+        check_pinned(headers, version)?;
         materialize_ids(&mut state);
         let (out, changes) = change(&mut state)?;
         let handle = st.config.clone();

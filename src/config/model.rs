@@ -282,6 +282,7 @@ pub struct UrlSection {
 #[serde(rename_all = "camelCase", default)]
 pub struct UpstreamConfig {
     /// Unique name, referenced by routes.
+    #[schema(required = true, min_length = 1)]
     pub name: String,
     /// Single target, e.g. `http://10.0.0.5:8080` or `https://api.example.com`.
     pub url: Option<String>,
@@ -400,6 +401,7 @@ pub struct RouteConfig {
     pub name: Option<String>,
     /// `/exact`, `/prefix/*` (glob: `*` matches one segment in the middle,
     /// anything at the end), or `/a/*/b`.
+    #[schema(required = true, pattern = "^/")]
     pub path: String,
     /// Allowed methods; empty = all.
     pub methods: Vec<String>,
@@ -469,6 +471,8 @@ pub struct SamplingConfig {
 #[serde(rename_all = "camelCase", default)]
 pub struct WebhookConfig {
     pub id: Option<String>,
+    /// Where events are POSTed (`http://` or `https://`).
+    #[schema(required = true, pattern = "^https?://")]
     pub url: String,
     pub events: Vec<String>,
     pub enabled: Option<bool>,

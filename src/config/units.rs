@@ -114,6 +114,7 @@ impl fmt::Display for Millis {
 fn number_or_text_schema(
     number: &str,
     text: &str,
+    pattern: &str,
 ) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
     OneOfBuilder::new()
@@ -121,11 +122,13 @@ fn number_or_text_schema(
             ObjectBuilder::new()
                 .schema_type(Type::Integer)
                 .minimum(Some(0))
+                .maximum(Some(1_000_000_000_000_000u64))
                 .description(Some(number)),
         )
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::String)
+                .pattern(Some(pattern))
                 .description(Some(text)),
         )
         .into()
@@ -136,6 +139,7 @@ impl utoipa::PartialSchema for Millis {
         number_or_text_schema(
             "milliseconds",
             "a duration with its unit: \"500ms\", \"30s\", \"2m\", \"1h\"",
+            r"^\s*[0-9]{1,15}\s*([mM][sS]|[sSmMhH])?\s*$",
         )
     }
 }
@@ -147,6 +151,7 @@ impl utoipa::PartialSchema for ByteSize {
         number_or_text_schema(
             "bytes",
             "a size with its unit: \"512kb\", \"10mb\", \"1gb\"",
+            r"^\s*[0-9]{1,15}\s*([bB]|[kKmMgG]([iI]?[bB])?)?\s*$",
         )
     }
 }
