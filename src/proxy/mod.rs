@@ -929,8 +929,19 @@ impl ProxyHttp for Gateway {
                     .as_ref()
                     .response_written()
                     .map_or(0, |r| r.status.as_u16());
-                let success = e.is_none() && ctx.error_code.is_none() && upstream_status < 500;
-                match breaker.record(success, ctx.breaker_probe) {
+                let outcome = breaker_outcome(e, ctx.error_code, upstream_status);
+                let transition = match outcome {
+                    Some(success) => breaker.record(success, ctx.breaker_probe),
+                    // Not the upstream's doing (the client went away, its
+                    // body was too slow or too big): nothing to record.
+                    None => {
+                        if ctx.breaker_probe {
+                            breaker.cancel_probe();
+                        }
+                        None
+                    }
+                };
+                match transition {
                     Some(Transition::Opened) => {
                         tracing::warn!(upstream = %route.upstream.name, "circuit breaker opened");
                         crate::events::emit(
@@ -1017,9 +1028,86 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// What a finished exchange says about the upstream, for its circuit breaker:
+/// `Some(true)` success, `Some(false)` failure, `None` neither.
+///
+/// Failures are the upstream's: a connect error or timeout, a broken or
+/// invalid upstream exchange, the route's deadline while waiting for it, or a
+/// 5xx it answered. Errors on the client's side (it closed the connection,
+/// sent a bad, slow or oversized body) and the gateway's own errors say
+/// nothing about the upstream.
+fn breaker_outcome(e: Option<&Error>, error_code: Option<&str>, status: u16) -> Option<bool> {
+    if let Some(code) = error_code {
+        // The gateway answered itself (`respond::send`); its code says why.
+        return respond::blames_upstream(code).then_some(false);
+    }
+    match e {
+        None => Some(status < 500),
+        Some(e) if respond::upstream_caused(e) || status >= 500 => Some(false),
+        Some(_) => None,
+    }
+}
+
 impl RequestCtx {
     /// Last target tried (kept for the access log after release).
     fn target_logged(&self) -> Option<usize> {
         self.tried.last().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_outcome_blames_only_the_upstream() {
+        let up = |t| Error::new_up(t);
+        let down = |t| Error::new_down(t);
+        // Clean exchanges: the upstream's status decides.
+        assert_eq!(breaker_outcome(None, None, 200), Some(true));
+        assert_eq!(breaker_outcome(None, None, 404), Some(true));
+        assert_eq!(breaker_outcome(None, None, 503), Some(false));
+        // Upstream-side errors and the gateway's replies for them.
+        let refused = up(ErrorType::ConnectRefused);
+        assert_eq!(breaker_outcome(Some(&refused), None, 0), Some(false));
+        let read = up(ErrorType::ReadError);
+        assert_eq!(breaker_outcome(Some(&read), None, 200), Some(false));
+        let deadline = Error::new(ErrorType::HTTPStatus(504));
+        assert_eq!(
+            breaker_outcome(Some(&deadline), Some("upstream_timeout"), 504),
+            Some(false)
+        );
+        assert_eq!(
+            breaker_outcome(Some(&refused), Some("upstream_unavailable"), 502),
+            Some(false)
+        );
+        // The client went away: neither success nor failure.
+        for t in [
+            ErrorType::WriteError,
+            ErrorType::ReadError,
+            ErrorType::ConnectionClosed,
+        ] {
+            assert_eq!(breaker_outcome(Some(&down(t.clone())), None, 200), None);
+            assert_eq!(breaker_outcome(Some(&down(t)), None, 0), None);
+        }
+        // ... unless the upstream had already answered 5xx.
+        let gone = down(ErrorType::WriteError);
+        assert_eq!(breaker_outcome(Some(&gone), None, 502), Some(false));
+        // The client's own slowness or size, and the gateway's own errors.
+        let slow = up(ErrorType::ReadTimedout);
+        assert_eq!(
+            breaker_outcome(Some(&slow), Some("request_timeout"), 408),
+            None
+        );
+        let big = Error::new(ErrorType::HTTPStatus(413));
+        assert_eq!(
+            breaker_outcome(Some(&big), Some("payload_too_large"), 413),
+            None
+        );
+        let internal = Error::new(ErrorType::InternalError);
+        assert_eq!(
+            breaker_outcome(Some(&internal), Some("internal_error"), 500),
+            None
+        );
     }
 }

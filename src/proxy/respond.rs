@@ -182,6 +182,22 @@ pub fn reply_for_error(e: &Error) -> Option<GatewayReply> {
     }
 }
 
+/// Whether a reply code (from [`reply_for_error`]) puts the failure on the
+/// upstream (connect error, timeout, broken exchange).
+pub fn blames_upstream(code: &str) -> bool {
+    matches!(
+        code,
+        "upstream_timeout" | "upstream_unavailable" | "bad_gateway"
+    )
+}
+
+/// Whether a proxy error is the upstream's doing, by the same mapping as
+/// [`reply_for_error`]. A client that went away or sent a bad, slow or
+/// oversized request is not; neither is an internal error.
+pub fn upstream_caused(e: &Error) -> bool {
+    reply_for_error(e).is_some_and(|r| blames_upstream(r.code))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
