@@ -76,11 +76,11 @@ pub async fn send(
 ) -> pingora_error::Result<()> {
     ctx.status = reply.status;
     ctx.error_code = Some(reply.code);
-    let body = error_body(reply.status, reply.code, &reply.message, &ctx.request_id);
+    let body = error_body(reply.status, reply.code, &reply.message, ctx.request_id());
     let mut resp = ResponseHeader::build(reply.status, Some(6))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    resp.insert_header("x-request-id", ctx.request_id.clone())?;
     resp.insert_header("cache-control", "no-store")?;
     for (k, v) in reply.headers {
         resp.insert_header(k, v)?;
