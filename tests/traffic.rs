@@ -327,6 +327,65 @@ fn breaker_opens_fails_fast_without_upstream_connections_then_closes() {
     assert_eq!(request(gw.port, "GET", "/x", &[], b"").status, 200);
 }
 
+/// Sends a request and closes the connection while the upstream is still
+/// answering (like wrk or a browser tab closing mid-request).
+fn abandon_request(port: u16) {
+    let mut c = Client::connect(port);
+    c.send_raw(b"GET /slow HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(50));
+    drop(c);
+}
+
+#[test]
+fn client_disconnects_neither_open_the_breaker_nor_hold_its_probe() {
+    let up = TestUpstream::start("app", Behavior::Delay(Duration::from_millis(300)));
+    let body = format!(
+        "upstreams:\n  - name: app\n    url: \"{}\"\n    circuitBreaker:\n      enabled: true\n      failureThreshold: 50\n      minimumRequests: 4\n      consecutiveFailures: 3\n      openDuration: 1500\nroutes:\n  - path: /*\n    upstream: app\n",
+        up.url()
+    );
+    let gw = Gateway::start("", &body);
+    // Eight abandoned requests: 100 % of the window, 8 in a row.
+    for _ in 0..8 {
+        abandon_request(gw.port);
+    }
+    gw.wait_until("abandoned requests logged", Duration::from_secs(5), || {
+        gw.access_log().len() >= 8
+    });
+    assert!(
+        !gw.log().contains("circuit breaker opened"),
+        "client disconnects opened the breaker:\n{}",
+        gw.log()
+    );
+    up.set_behavior(Behavior::Ok);
+    assert_eq!(request(gw.port, "GET", "/x", &[], b"").status, 200);
+
+    // Open it for real (upstream 5xx), then let the half-open probe be a
+    // request the client abandons: the next request probes at once.
+    up.set_behavior(Behavior::Status(500));
+    for _ in 0..3 {
+        assert_eq!(request(gw.port, "GET", "/x", &[], b"").status, 500);
+    }
+    gw.wait_until("breaker opened", Duration::from_secs(5), || {
+        gw.log().contains("circuit breaker opened")
+    });
+    assert_eq!(request(gw.port, "GET", "/x", &[], b"").status, 503);
+    std::thread::sleep(Duration::from_millis(1600));
+    up.set_behavior(Behavior::Delay(Duration::from_millis(300)));
+    let logged = gw.access_log().len();
+    abandon_request(gw.port);
+    gw.wait_until("abandoned probe logged", Duration::from_secs(5), || {
+        gw.access_log().len() > logged
+    });
+    up.set_behavior(Behavior::Ok);
+    // Well within openDuration of the abandoned probe: without releasing its
+    // slot this would be 503 until the probe counts as stuck.
+    let r = request(gw.port, "GET", "/x", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    gw.wait_until("closed in the log", Duration::from_secs(5), || {
+        gw.log().contains("circuit breaker closed")
+    });
+}
+
 #[test]
 fn ssrf_policy_at_config_time_and_at_resolution() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,10 @@
 //!   head must arrive completely within `headerTimeout` of its first byte
 //!   (of the accept, for the first request); otherwise the connection closes.
 //!   The proxy marks the head as received from `early_request_filter`
-//!   through a task-local flag, so the check costs one timer per request.
+//!   through a task-local flag. The deadline timer is only created when the
+//!   exchange is still waiting for its head after its first poll; a head that
+//!   is already there (the usual case on a kept-alive connection, whose first
+//!   byte the idle wait has seen) costs no timer at all.
 //! - **Keep-alive**: idle timeout and requests-per-connection limit.
 //!
 //! HTTP/2 connections (TLS ALPN `h2`) are handed to Pingora unchanged after
@@ -17,27 +20,59 @@
 
 use crate::config::BootConfig;
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use super::Gateway;
 
+/// Per-connection state shared with the proxy phases through a task-local.
+struct ConnState {
+    /// Set by the proxy once the current request's head has been parsed.
+    head_received: AtomicBool,
+    /// The peer address as a header value, formatted once per connection.
+    peer_text: OnceLock<(IpAddr, HeaderValue)>,
+}
+
 tokio::task_local! {
-    static HEAD_RECEIVED: Arc<AtomicBool>;
+    static CONN: Arc<ConnState>;
 }
 
 /// Called by the proxy once a request head has been parsed.
 pub fn mark_head_received() {
-    let _ = HEAD_RECEIVED.try_with(|f| f.store(true, Ordering::Relaxed));
+    let _ = CONN.try_with(|c| c.head_received.store(true, Ordering::Relaxed));
+}
+
+/// `ip` as a header value (`X-Forwarded-For`, `X-Real-IP`). The connection's
+/// peer address is formatted once per connection, not once per request.
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    CONN.try_with(|c| {
+        let (peer, text) = c.peer_text.get_or_init(|| (ip, format_ip(ip)));
+        (*peer == ip).then(|| text.clone())
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| format_ip(ip))
+}
+
+fn format_ip(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 48];
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{ip}");
+    let len = 48 - w.len();
+    HeaderValue::from_bytes(&buf[..len]).expect("an IP address is a valid header value")
 }
 
 const SHARDS: usize = 32;
@@ -197,7 +232,10 @@ impl ServerApp for EdgeApp {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
 
-        let received = Arc::new(AtomicBool::new(false));
+        let conn = Arc::new(ConnState {
+            head_received: AtomicBool::new(false),
+            peer_text: OnceLock::new(),
+        });
         let keepalive_secs = self.keepalive_timeout.as_secs().max(1);
         let reuse_limit = self
             .proxy
@@ -234,22 +272,32 @@ impl ServerApp for EdgeApp {
                 Some(s) => s.apply_to_session(&mut session),
                 None => session.set_keepalive_reuses_remaining(reuse_limit),
             }
-            received.store(false, Ordering::Relaxed);
-            let fut = HEAD_RECEIVED.scope(
-                received.clone(),
-                self.proxy.process_new_http(session, shutdown),
-            );
+            conn.head_received.store(false, Ordering::Relaxed);
+            let fut = CONN.scope(conn.clone(), self.proxy.process_new_http(session, shutdown));
             tokio::pin!(fut);
-            let result = tokio::select! {
-                r = &mut fut => r,
-                _ = tokio::time::sleep(deadline) => {
-                    if received.load(Ordering::Relaxed) {
-                        (&mut fut).await
-                    } else {
-                        self.counters.header_timeouts.fetch_add(1, Ordering::Relaxed);
-                        return None; // dropping the session closes the connection
-                    }
+            // The exchange, raced against the header deadline until its head
+            // is in. The timer only exists while the head is awaited.
+            let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+            let result = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
                 }
+                if conn.head_received.load(Ordering::Relaxed) {
+                    timer = None;
+                    return Poll::Pending;
+                }
+                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
+                match t.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            let Some(result) = result else {
+                self.counters
+                    .header_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                return None; // dropping the session closes the connection
             };
             let (next, persisted) = result?.consume();
             stream = next;

@@ -197,11 +197,15 @@ pub fn valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
 }
 
-/// A new random correlation id (32 hex characters).
-pub fn new_request_id() -> String {
-    let a = fastrand::u64(..);
-    let b = fastrand::u64(..);
-    format!("{a:016x}{b:016x}")
+/// A new random correlation id (32 lowercase hex characters).
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    let random = (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..));
+    for (i, c) in text.iter_mut().enumerate() {
+        *c = HEX[((random >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
 }
 
 static HOP_BY_HOP: [HeaderName; 6] = [
@@ -250,14 +254,36 @@ impl HeaderEdit for pingora_http::ResponseHeader {
 /// `keep_upgrade` (a WebSocket route with an upgrade request, or a 101).
 pub fn strip_hop_by_hop<H: HeaderEdit>(head: &mut H, keep_upgrade: bool) {
     let headers = head.header_map();
+    // One pass over the (few) names finds which hop-by-hop headers are
+    // present, instead of a hash lookup per hop-by-hop name.
+    let mut present = [false; 6]; // one per HOP_BY_HOP name
+    let mut concerned = false;
+    for n in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == n) {
+            present[i] = true;
+            concerned = true;
+        } else if n == header::TE || n == header::UPGRADE {
+            concerned = true;
+        }
+    }
+    if !concerned {
+        if keep_upgrade {
+            head.set(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     let has_connection = headers.contains_key(header::CONNECTION);
+    // Only names actually present are collected (`Connection: keep-alive`
+    // or `close` then costs no allocation).
     let listed: Vec<HeaderName> = if has_connection {
         headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && headers.contains_key(*t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| {
                 // Never let a client delete framing or routing headers this way.
                 n != header::CONTENT_LENGTH && n != header::TRANSFER_ENCODING && n != header::HOST
@@ -276,8 +302,8 @@ pub fn strip_hop_by_hop<H: HeaderEdit>(head: &mut H, keep_upgrade: bool) {
         }
         head.remove(&n);
     }
-    for n in &HOP_BY_HOP {
-        if head.header_map().contains_key(n) {
+    for (n, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
             head.remove(n);
         }
     }

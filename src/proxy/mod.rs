@@ -32,7 +32,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use respond::GatewayReply;
@@ -61,7 +61,9 @@ pub struct ProxyStats {
 pub struct RequestCtx {
     pub snap: Option<Arc<Snapshot>>,
     pub route: Option<Arc<Route>>,
-    pub request_id: String,
+    /// Correlation id (the client's when valid, else a new one): a header
+    /// value, so that it is copied into both heads without allocating.
+    pub request_id: HeaderValue,
     pub client_ip: IpAddr,
     pub start: Instant,
     pub deadline: Option<Instant>,
@@ -130,7 +132,7 @@ impl Gateway {
         route.metrics.auth_failures.inc();
         crate::events::emit(
             "auth.failure",
-            serde_json::json!({"route": &*route.id, "reason": reason, "clientIp": ctx.client_ip.to_string(), "requestId": ctx.request_id}),
+            serde_json::json!({"route": &*route.id, "reason": reason, "clientIp": ctx.client_ip.to_string(), "requestId": ctx.request_id()}),
         );
     }
 
@@ -271,8 +273,10 @@ fn rewrite_path(rewrite: &PathRewrite, req: &mut RequestHeader) {
 /// Dot segments (`/../`, encoded or not) are refused rather than normalised.
 fn has_dot_segments(path: &str) -> bool {
     path.split('/').any(|seg| {
-        let s = seg.to_ascii_lowercase();
-        s == ".." || s == "." || s == "%2e%2e" || s == ".%2e" || s == "%2e." || s == "%2e"
+        seg.len() <= 6
+            && ["..", ".", "%2e%2e", ".%2e", "%2e.", "%2e"]
+                .iter()
+                .any(|dot| seg.eq_ignore_ascii_case(dot))
     })
 }
 
@@ -289,12 +293,37 @@ fn host_of(req: &RequestHeader) -> &str {
     }
 }
 
+// Header names: `HeaderName`s to look up and remove, `&'static str`s to
+// insert (Pingora keeps the case of an inserted name; a `&'static str` is
+// taken as is, while a non-standard `HeaderName` is copied into a new buffer).
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_CONSUMER: HeaderName = HeaderName::from_static("x-consumer-name");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const H_X_FORWARDED_FOR: &str = "x-forwarded-for";
+const H_X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const H_X_FORWARDED_HOST: &str = "x-forwarded-host";
+const H_X_REQUEST_ID: &str = "x-request-id";
+const H_X_CONSUMER: &str = "x-consumer-name";
+const H_X_REAL_IP: &str = "x-real-ip";
+const EMPTY: HeaderValue = HeaderValue::from_static("");
+
+/// Appends `n` in decimal (no formatting machinery on the request path).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
 
 #[async_trait]
 impl ProxyHttp for Gateway {
@@ -304,7 +333,7 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             snap: None,
             route: None,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             start: Instant::now(),
             deadline: None,
@@ -341,9 +370,7 @@ impl ProxyHttp for Gateway {
         ctx.snap = Some(snap.clone());
         let req = session.req_header();
         ctx.request_id = match req.headers.get(&X_REQUEST_ID) {
-            Some(v) if hygiene::valid_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
+            Some(v) if hygiene::valid_request_id(v.as_bytes()) => v.clone(),
             _ => hygiene::new_request_id(),
         };
         if let Some(r) = hygiene::check_request(req, &snap.limits, &snap.via_name) {
@@ -392,7 +419,7 @@ impl ProxyHttp for Gateway {
                 let mut resp = ResponseHeader::build(status, Some(4))?;
                 resp.insert_header("content-type", "application/json")?;
                 resp.insert_header("content-length", body.len().to_string())?;
-                resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+                resp.insert_header("x-request-id", ctx.request_id.clone())?;
                 resp.insert_header("cache-control", "no-store")?;
                 session.write_response_header(Box::new(resp), false).await?;
                 session
@@ -413,11 +440,15 @@ impl ProxyHttp for Gateway {
             }
         }
         let req = session.req_header();
-        let route = match snap.router.find(
-            &host_of(req).to_ascii_lowercase(),
-            &req.method,
-            req.uri.path(),
-        ) {
+        let host = host_of(req);
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let route = match snap.router.find(host, &req.method, req.uri.path()) {
             Match::Found(r) => r.clone(),
             Match::MethodNotAllowed(allow) => {
                 let reply = GatewayReply::new(
@@ -752,39 +783,52 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let trusted = peer_ip.is_some_and(|ip| snap.is_trusted(&ip));
-        let peer_text = peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let peer_value = peer_ip.map_or(EMPTY, edge::ip_header_value);
         // X-Forwarded-For: append to a trusted proxy's list, else start fresh.
-        let xff = match (
-            trusted,
-            upstream_request
-                .headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok()),
-        ) {
-            (true, Some(prev)) if !prev.is_empty() => format!("{prev}, {peer_text}"),
-            _ => peer_text,
+        let previous = upstream_request
+            .headers
+            .get(&X_FORWARDED_FOR)
+            .filter(|_| trusted)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty());
+        let xff = match previous {
+            Some(prev) => {
+                let peer_text = peer_value.to_str().unwrap_or("");
+                let mut list = String::with_capacity(prev.len() + 2 + peer_text.len());
+                list.push_str(prev);
+                list.push_str(", ");
+                list.push_str(peer_text);
+                HeaderValue::try_from(list)
+                    .explain_err(ErrorType::InvalidHTTPHeader, |_| "x-forwarded-for")?
+            }
+            None => peer_value.clone(),
         };
-        upstream_request.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+        upstream_request.insert_header(H_X_FORWARDED_FOR, xff)?;
         if !trusted || !upstream_request.headers.contains_key(&X_FORWARDED_PROTO) {
             upstream_request.insert_header(
-                X_FORWARDED_PROTO.clone(),
-                if ctx.tls { "https" } else { "http" },
+                H_X_FORWARDED_PROTO,
+                HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
             )?;
         }
         if !trusted || !upstream_request.headers.contains_key(&X_FORWARDED_HOST) {
             match session.req_header().headers.get(header::HOST).cloned() {
-                Some(h) => upstream_request.insert_header(X_FORWARDED_HOST.clone(), h)?,
+                Some(h) => upstream_request.insert_header(H_X_FORWARDED_HOST, h)?,
                 None => {
                     upstream_request.remove_header(&X_FORWARDED_HOST);
                 }
             }
         }
-        upstream_request.insert_header(X_REAL_IP.clone(), ctx.client_ip.to_string())?;
-        upstream_request.remove_header("forwarded");
+        let real_ip = if peer_ip == Some(ctx.client_ip) {
+            peer_value
+        } else {
+            edge::ip_header_value(ctx.client_ip)
+        };
+        upstream_request.insert_header(H_X_REAL_IP, real_ip)?;
+        upstream_request.remove_header(&FORWARDED);
         // Gateway-owned headers: never trust a client's copy.
         upstream_request.remove_header(&X_CONSUMER);
         if let Some(c) = &ctx.consumer {
-            upstream_request.insert_header(X_CONSUMER.clone(), c.as_ref())?;
+            upstream_request.insert_header(H_X_CONSUMER, c.as_ref())?;
         }
         if let Some(v) = &snap.jwt {
             for h in v.forwarded_headers() {
@@ -796,7 +840,7 @@ impl ProxyHttp for Gateway {
                 upstream_request.insert_header(h.clone(), v.clone())?;
             }
         }
-        upstream_request.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        upstream_request.insert_header(H_X_REQUEST_ID, ctx.request_id.clone())?;
         let via = match upstream_request
             .headers
             .get(header::VIA)
@@ -850,16 +894,17 @@ impl ProxyHttp for Gateway {
         }
         let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
         hygiene::strip_hop_by_hop(resp, switching && ctx.websocket);
-        resp.insert_header(X_REQUEST_ID.clone(), ctx.request_id.as_str())?;
+        resp.insert_header(H_X_REQUEST_ID, ctx.request_id.clone())?;
         if let Some((d, rule)) = &ctx.rate {
             resp.insert_header("ratelimit-policy", rule.policy.as_str())?;
-            resp.insert_header(
-                "ratelimit",
-                format!(
-                    "limit={}, remaining={}, reset={}",
-                    d.limit, d.remaining, d.reset_secs
-                ),
-            )?;
+            let mut v = String::with_capacity(48);
+            v.push_str("limit=");
+            push_u64(&mut v, d.limit);
+            v.push_str(", remaining=");
+            push_u64(&mut v, d.remaining);
+            v.push_str(", reset=");
+            push_u64(&mut v, d.reset_secs);
+            resp.insert_header("ratelimit", v)?;
         }
         if let Some(route) = &ctx.route {
             if !route.response_headers.is_empty() {
@@ -929,8 +974,19 @@ impl ProxyHttp for Gateway {
                     .as_ref()
                     .response_written()
                     .map_or(0, |r| r.status.as_u16());
-                let success = e.is_none() && ctx.error_code.is_none() && upstream_status < 500;
-                match breaker.record(success, ctx.breaker_probe) {
+                let outcome = breaker_outcome(e, ctx.error_code, upstream_status);
+                let transition = match outcome {
+                    Some(success) => breaker.record(success, ctx.breaker_probe),
+                    // Not the upstream's doing (the client went away, its
+                    // body was too slow or too big): nothing to record.
+                    None => {
+                        if ctx.breaker_probe {
+                            breaker.cancel_probe();
+                        }
+                        None
+                    }
+                };
+                match transition {
                     Some(Transition::Opened) => {
                         tracing::warn!(upstream = %route.upstream.name, "circuit breaker opened");
                         crate::events::emit(
@@ -993,7 +1049,7 @@ impl ProxyHttp for Gateway {
             _ => None,
         };
         accesslog::write(&AccessRecord {
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id(),
             method: req.method.as_str(),
             path: req.uri.path(),
             host: host_of(req),
@@ -1017,9 +1073,91 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// What a finished exchange says about the upstream, for its circuit breaker:
+/// `Some(true)` success, `Some(false)` failure, `None` neither.
+///
+/// Failures are the upstream's: a connect error or timeout, a broken or
+/// invalid upstream exchange, the route's deadline while waiting for it, or a
+/// 5xx it answered. Errors on the client's side (it closed the connection,
+/// sent a bad, slow or oversized body) and the gateway's own errors say
+/// nothing about the upstream.
+fn breaker_outcome(e: Option<&Error>, error_code: Option<&str>, status: u16) -> Option<bool> {
+    if let Some(code) = error_code {
+        // The gateway answered itself (`respond::send`); its code says why.
+        return respond::blames_upstream(code).then_some(false);
+    }
+    match e {
+        None => Some(status < 500),
+        Some(e) if respond::upstream_caused(e) || status >= 500 => Some(false),
+        Some(_) => None,
+    }
+}
+
 impl RequestCtx {
+    /// The correlation id as text (it is always plain ASCII).
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+
     /// Last target tried (kept for the access log after release).
     fn target_logged(&self) -> Option<usize> {
         self.tried.last().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_outcome_blames_only_the_upstream() {
+        let up = |t| Error::new_up(t);
+        let down = |t| Error::new_down(t);
+        // Clean exchanges: the upstream's status decides.
+        assert_eq!(breaker_outcome(None, None, 200), Some(true));
+        assert_eq!(breaker_outcome(None, None, 404), Some(true));
+        assert_eq!(breaker_outcome(None, None, 503), Some(false));
+        // Upstream-side errors and the gateway's replies for them.
+        let refused = up(ErrorType::ConnectRefused);
+        assert_eq!(breaker_outcome(Some(&refused), None, 0), Some(false));
+        let read = up(ErrorType::ReadError);
+        assert_eq!(breaker_outcome(Some(&read), None, 200), Some(false));
+        let deadline = Error::new(ErrorType::HTTPStatus(504));
+        assert_eq!(
+            breaker_outcome(Some(&deadline), Some("upstream_timeout"), 504),
+            Some(false)
+        );
+        assert_eq!(
+            breaker_outcome(Some(&refused), Some("upstream_unavailable"), 502),
+            Some(false)
+        );
+        // The client went away: neither success nor failure.
+        for t in [
+            ErrorType::WriteError,
+            ErrorType::ReadError,
+            ErrorType::ConnectionClosed,
+        ] {
+            assert_eq!(breaker_outcome(Some(&down(t.clone())), None, 200), None);
+            assert_eq!(breaker_outcome(Some(&down(t)), None, 0), None);
+        }
+        // ... unless the upstream had already answered 5xx.
+        let gone = down(ErrorType::WriteError);
+        assert_eq!(breaker_outcome(Some(&gone), None, 502), Some(false));
+        // The client's own slowness or size, and the gateway's own errors.
+        let slow = up(ErrorType::ReadTimedout);
+        assert_eq!(
+            breaker_outcome(Some(&slow), Some("request_timeout"), 408),
+            None
+        );
+        let big = Error::new(ErrorType::HTTPStatus(413));
+        assert_eq!(
+            breaker_outcome(Some(&big), Some("payload_too_large"), 413),
+            None
+        );
+        let internal = Error::new(ErrorType::InternalError);
+        assert_eq!(
+            breaker_outcome(Some(&internal), Some("internal_error"), 500),
+            None
+        );
     }
 }

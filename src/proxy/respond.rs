@@ -76,11 +76,11 @@ pub async fn send(
 ) -> pingora_error::Result<()> {
     ctx.status = reply.status;
     ctx.error_code = Some(reply.code);
-    let body = error_body(reply.status, reply.code, &reply.message, &ctx.request_id);
+    let body = error_body(reply.status, reply.code, &reply.message, ctx.request_id());
     let mut resp = ResponseHeader::build(reply.status, Some(6))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    resp.insert_header("x-request-id", ctx.request_id.clone())?;
     resp.insert_header("cache-control", "no-store")?;
     for (k, v) in reply.headers {
         resp.insert_header(k, v)?;
@@ -180,6 +180,22 @@ pub fn reply_for_error(e: &Error) -> Option<GatewayReply> {
             )),
         },
     }
+}
+
+/// Whether a reply code (from [`reply_for_error`]) puts the failure on the
+/// upstream (connect error, timeout, broken exchange).
+pub fn blames_upstream(code: &str) -> bool {
+    matches!(
+        code,
+        "upstream_timeout" | "upstream_unavailable" | "bad_gateway"
+    )
+}
+
+/// Whether a proxy error is the upstream's doing, by the same mapping as
+/// [`reply_for_error`]. A client that went away or sent a bad, slow or
+/// oversized request is not; neither is an internal error.
+pub fn upstream_caused(e: &Error) -> bool {
+    reply_for_error(e).is_some_and(|r| blames_upstream(r.code))
 }
 
 #[cfg(test)]

@@ -11,9 +11,13 @@
 //!   success closes the breaker, its failure re-opens it.
 //!
 //! A failure is a connect error, a timeout, a broken exchange or a 5xx
-//! answer. State is atomics; the only contention is on transitions. The
-//! breaker object is kept across reloads while the upstream's settings are
-//! unchanged, so a reload neither resets nor forgets an open breaker.
+//! answer, all on the upstream's side. A request the client abandons (or
+//! that fails for a reason of its own) is neither a success nor a failure:
+//! it is not recorded, and if it was the half-open probe, the probe slot is
+//! released with [`Breaker::cancel_probe`]. State is atomics; the only
+//! contention is on transitions. The breaker object is kept across reloads
+//! while the upstream's settings are unchanged, so a reload neither resets
+//! nor forgets an open breaker.
 
 use super::upstream::now_ms;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -188,6 +192,19 @@ impl Breaker {
         None
     }
 
+    /// Releases the half-open probe slot without an outcome (the probe ended
+    /// for a reason that says nothing about the upstream, e.g. the client
+    /// went away): the next request becomes the probe at once instead of
+    /// waiting for the stuck-probe timeout.
+    ///
+    /// Half-open goes back to open with its (already expired) open time, the
+    /// state it was in just before the probe was admitted.
+    pub fn cancel_probe(&self) {
+        let _ = self
+            .state
+            .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     fn open(&self, now: u64, reopens: u32) {
         let base = self.settings.open_duration.as_millis() as u64;
         let dur = base
@@ -265,6 +282,31 @@ mod tests {
             "second opening lasts 2 s"
         );
         assert_eq!(b.admit_at(t + 3000), Admission::Probe);
+    }
+
+    #[test]
+    fn a_cancelled_probe_frees_the_slot_without_an_outcome() {
+        let b = breaker(100, 1000, 1);
+        let t = 5_000_000;
+        assert_eq!(b.record_at(t, false, false), Some(Transition::Opened));
+        assert_eq!(b.admit_at(t + 1000), Admission::Probe);
+        assert!(matches!(b.admit_at(t + 1001), Admission::Rejected(_)));
+        b.cancel_probe();
+        assert_ne!(
+            b.state(),
+            BreakerState::Closed,
+            "not closed by a cancelled probe"
+        );
+        assert_eq!(
+            b.admit_at(t + 1002),
+            Admission::Probe,
+            "next request probes at once"
+        );
+        assert!(matches!(b.admit_at(t + 1002), Admission::Rejected(_)));
+        assert_eq!(b.record_at(t + 1003, true, true), Some(Transition::Closed));
+        b.cancel_probe();
+        assert_eq!(b.state(), BreakerState::Closed, "no effect when closed");
+        assert_eq!(b.admit_at(t + 1004), Admission::Allowed);
     }
 
     #[test]
