@@ -28,6 +28,7 @@ use serde_json::Value;
 #[into_params(parameter_in = Query)]
 pub struct ExportParams {
     /// `yaml` (default) or `json`.
+    #[param(inline)]
     pub format: Option<ExportFormat>,
 }
 
@@ -240,7 +241,7 @@ mod erased {
 
 #[utoipa::path(post, path = "/api/config", tag = "config",
     params(ImportParams,
-        ("If-Match" = Option<String>, Header, description = "Config version the import is based on; 409 if it moved (also for a dry run). `\"7\"`, `7`, `W/\"7\"`; `*` or empty: any", pattern = r#"^\s*(\*|(W/)?"?[0-9]{1,19}"?)?\s*$"#)),
+        ("If-Match" = Option<String>, Header, description = "Config version the import is based on; 409 if it moved (also for a dry run). `\"7\"`, `7`, `W/\"7\"`; `*` or empty: any", nullable = false, pattern = r#"^\s*(\*|(W/)?"?[0-9]{1,19}"?)?\s*$"#)),
     request_body(content((config::FileConfig = "application/yaml"), (config::FileConfig = "application/json")),
         description = "A config document (the shape of GET /api/config)"),
     responses(

@@ -65,9 +65,10 @@ pub struct CreateKey {
     /// Route ids the key may call (default: all).
     #[serde(default)]
     pub routes: Vec<String>,
-    /// Unix time after which the key is refused.
-    pub expires_at: Option<u64>,
+    /// Unix time after which the key is refused (in the future).
+    pub expires_at: Option<i64>,
     /// Lifetime instead of `expiresAt`: `30d`, `12h`, `90m`, `45s`.
+    #[schema(pattern = "^[1-9][0-9]{0,5}[dhms]$")]
     pub expires_in: Option<String>,
 }
 
@@ -242,10 +243,10 @@ pub async fn create_key(
                 "give expiresAt or expiresIn, not both",
             ))
         }
-        (Some(t), None) if t <= now => {
+        (Some(t), None) if t <= now as i64 => {
             return Err(ApiError::invalid("expiresAt", "is in the past"))
         }
-        (Some(t), None) => Some(t),
+        (Some(t), None) => Some(t as u64),
         (None, Some(l)) => Some(now.saturating_add(lifetime(l)?)),
         (None, None) => None,
     };

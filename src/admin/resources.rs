@@ -368,7 +368,7 @@ macro_rules! resource_endpoints {
 
         #[utoipa::path(post, path = $base, tag = $tag,
             request_body = $ty,
-            params(("If-Match" = Option<String>, Header, description = "Config version the change is based on; 409 if it moved. `\"7\"`, `7`, `W/\"7\"`; `*` or empty: any", pattern = r#"^\s*(\*|(W/)?"?[0-9]{1,19}"?)?\s*$"#)),
+            params(("If-Match" = Option<String>, Header, description = "Config version the change is based on; 409 if it moved. `\"7\"`, `7`, `W/\"7\"`; `*` or empty: any", nullable = false, pattern = r#"^\s*(\*|(W/)?"?[0-9]{1,19}"?)?\s*$"#)),
             responses(
                 (status = 201, description = "Created and live on this node", body = $one_ty),
                 (status = 400, description = "Malformed JSON or If-Match", body = super::api::ErrorBody),
@@ -395,7 +395,7 @@ macro_rules! resource_endpoints {
             request_body = $ty,
             params(
                 ("key" = String, Path, description = $key_desc),
-                ("If-Match" = Option<String>, Header, description = "Config version the change is based on; 409 if it moved. `\"7\"`, `7`, `W/\"7\"`; `*` or empty: any", pattern = r#"^\s*(\*|(W/)?"?[0-9]{1,19}"?)?\s*$"#),
+                ("If-Match" = Option<String>, Header, description = "Config version the change is based on; 409 if it moved. `\"7\"`, `7`, `W/\"7\"`; `*` or empty: any", nullable = false, pattern = r#"^\s*(\*|(W/)?"?[0-9]{1,19}"?)?\s*$"#),
             ),
             responses(
                 (status = 200, description = "Replaced and live on this node", body = $one_ty),
@@ -424,7 +424,7 @@ macro_rules! resource_endpoints {
         #[utoipa::path(delete, path = $item_path, tag = $tag,
             params(
                 ("key" = String, Path, description = $key_desc),
-                ("If-Match" = Option<String>, Header, description = "Config version the change is based on; 409 if it moved. `\"7\"`, `7`, `W/\"7\"`; `*` or empty: any", pattern = r#"^\s*(\*|(W/)?"?[0-9]{1,19}"?)?\s*$"#),
+                ("If-Match" = Option<String>, Header, description = "Config version the change is based on; 409 if it moved. `\"7\"`, `7`, `W/\"7\"`; `*` or empty: any", nullable = false, pattern = r#"^\s*(\*|(W/)?"?[0-9]{1,19}"?)?\s*$"#),
             ),
             responses(
                 (status = 200, description = "Deleted; live on this node", body = Deleted),

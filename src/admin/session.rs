@@ -132,13 +132,19 @@ pub struct SessionCreated {
 /// The token presented to `POST /api/session`: the bearer header, or the
 /// JSON body's `token`.
 pub async fn presented_token(req: axum::extract::Request) -> Result<String, ApiError> {
-    if let Some(b) = req
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Ok(b.to_string());
+        .map(str::to_string);
+    let has_body = media_type(req.headers()).is_some()
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if let (Some(b), false) = (&bearer, has_body) {
+        return Ok(b.clone());
     }
     if media_type(req.headers()).as_deref() != Some("application/json") {
         return Err(ApiError::new(

@@ -54,19 +54,20 @@ pub fn pinned_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
         return Ok(None);
     };
-    let text = v.to_str().unwrap_or_default().trim();
-    // `*` (any version) and an empty value pin nothing.
-    if text.is_empty() || text == "*" {
-        return Ok(None);
-    }
-    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
-    text.parse().map(Some).map_err(|_| {
+    let bad = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "If-Match must hold a config version, e.g. If-Match: \"7\"",
         )
-    })
+    };
+    let text = v.to_str().map_err(|_| bad())?.trim();
+    // `*` (any version) and an empty value pin nothing.
+    if text.is_empty() || text == "*" {
+        return Ok(None);
+    }
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse().map(Some).map_err(|_| bad())
 }
 
 /// Gives every route and webhook an explicit id (the implicit default is

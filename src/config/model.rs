@@ -472,7 +472,7 @@ pub struct SamplingConfig {
 pub struct WebhookConfig {
     pub id: Option<String>,
     /// Where events are POSTed (`http://` or `https://`).
-    #[schema(required = true, pattern = "^https?://")]
+    #[schema(required = true, pattern = r"^https?://[^/?#\s]+")]
     pub url: String,
     pub events: Vec<String>,
     pub enabled: Option<bool>,

@@ -75,21 +75,36 @@ pub fn parse_size(text: &str) -> Result<ByteSize, String> {
     Ok(ByteSize(n.saturating_mul(factor)))
 }
 
+/// Largest accepted value of either unit (about 31,700 years in ms, 888 TiB).
+pub const MAX_UNIT_VALUE: u64 = 1_000_000_000_000_000;
+
+fn bounded<E: serde::de::Error>(n: u64, what: &str) -> Result<u64, E> {
+    if n > MAX_UNIT_VALUE {
+        Err(E::custom(format!(
+            "{what} {n} is too large (at most {MAX_UNIT_VALUE})"
+        )))
+    } else {
+        Ok(n)
+    }
+}
+
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match NumOrText::deserialize(d)? {
-            NumOrText::Num(n) => Ok(Millis(n)),
-            NumOrText::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-        }
+        let ms = match NumOrText::deserialize(d)? {
+            NumOrText::Num(n) => n,
+            NumOrText::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom)?.0,
+        };
+        bounded(ms, "duration").map(Millis)
     }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match NumOrText::deserialize(d)? {
-            NumOrText::Num(n) => Ok(ByteSize(n)),
-            NumOrText::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
-        }
+        let bytes = match NumOrText::deserialize(d)? {
+            NumOrText::Num(n) => n,
+            NumOrText::Text(t) => parse_size(&t).map_err(serde::de::Error::custom)?.0,
+        };
+        bounded(bytes, "size").map(ByteSize)
     }
 }
 
@@ -122,7 +137,7 @@ fn number_or_text_schema(
             ObjectBuilder::new()
                 .schema_type(Type::Integer)
                 .minimum(Some(0))
-                .maximum(Some(1_000_000_000_000_000u64))
+                .maximum(Some(MAX_UNIT_VALUE))
                 .description(Some(number)),
         )
         .item(
@@ -139,7 +154,7 @@ impl utoipa::PartialSchema for Millis {
         number_or_text_schema(
             "milliseconds",
             "a duration with its unit: \"500ms\", \"30s\", \"2m\", \"1h\"",
-            r"^\s*[0-9]{1,15}\s*([mM][sS]|[sSmMhH])?\s*$",
+            r"^\s*[0-9]{1,9}\s*([mM][sS]|[sSmMhH])?\s*$",
         )
     }
 }
@@ -151,7 +166,7 @@ impl utoipa::PartialSchema for ByteSize {
         number_or_text_schema(
             "bytes",
             "a size with its unit: \"512kb\", \"10mb\", \"1gb\"",
-            r"^\s*[0-9]{1,15}\s*([bB]|[kKmMgG]([iI]?[bB])?)?\s*$",
+            r"^\s*[0-9]{1,6}\s*([bB]|[kKmMgG]([iI]?[bB])?)?\s*$",
         )
     }
 }

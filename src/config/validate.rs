@@ -924,10 +924,17 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
                 ));
             }
         }
-        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+        let host = w
+            .url
+            .strip_prefix("http://")
+            .or_else(|| w.url.strip_prefix("https://"))
+            .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
+        if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace))
+            || w.url.parse::<http::Uri>().is_err()
+        {
             e.push(ConfigError::new(
                 format!("{wp}.url"),
-                "must be an http:// or https:// URL",
+                "must be an http:// or https:// URL with a host",
             ));
         }
         for (j, ev) in w.events.iter().enumerate() {
