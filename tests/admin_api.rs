@@ -252,9 +252,21 @@ async fn routes_crud_is_live_persisted_and_audited() {
     assert_eq!(update["before"]["targetUrl"], "http://127.0.0.1:11");
     assert_eq!(update["after"]["upstream"], "other");
     assert_eq!(update["version"], 3);
-    assert_error(&get(&e.st, "/api/logs?since=yesterday").await, 400, "bad_request");
-    assert_error(&get(&e.st, "/api/logs?limit=many").await, 400, "bad_request");
-    let today = get(&e.st, "/api/logs?since=2000-01-01&until=2999-01-01T00:00:00Z").await;
+    assert_error(
+        &get(&e.st, "/api/logs?since=yesterday").await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &get(&e.st, "/api/logs?limit=many").await,
+        400,
+        "bad_request",
+    );
+    let today = get(
+        &e.st,
+        "/api/logs?since=2000-01-01&until=2999-01-01T00:00:00Z",
+    )
+    .await;
     assert_eq!(today.json()["entries"].as_array().unwrap().len(), 3);
     let page = get(&e.st, "/api/logs?limit=1").await.json();
     assert_eq!(page["entries"].as_array().unwrap().len(), 1);
@@ -669,6 +681,27 @@ async fn config_export_import_round_trips_with_dry_run() {
         .any(|r| r.path == "/bee"));
     let logs = get(st, "/api/logs?resource=webhook").await.json();
     assert_eq!(logs["entries"][0]["action"], "create");
+
+    // JSON bodies too, with escapes YAML parsers read differently (an emoji as a surrogate pair).
+    let json_doc = r#"{"routes": [{"id": "b", "path": "/bee", "upstream": "app", "name": "\ud83d\ude80"}], "upstreams": [{"name": "app", "url": "http://127.0.0.1:9"}]}"#;
+    let r = call(
+        st,
+        "POST",
+        "/api/config?dryRun=true",
+        &[AUTH, JSON],
+        json_doc.as_bytes().to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(
+        st,
+        "POST",
+        "/api/config?dryRun=true",
+        &[AUTH, JSON],
+        b"{\"routes\": [".to_vec(),
+    )
+    .await;
+    assert_error(&r, 400, "invalid_json");
 
     // Invalid documents: 400 for syntax, 422 with every path for content.
     let r = call(

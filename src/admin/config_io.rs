@@ -288,6 +288,22 @@ pub async fn import(
             "the body is not UTF-8",
         )
     })?;
+    // JSON is read as JSON (YAML parsers differ on escapes such as surrogate
+    // pairs), then checked through the same path as YAML.
+    let converted;
+    let text = if media_type(&headers).as_deref() == Some("application/json") {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?;
+        converted = serde_yaml::to_string(&v).unwrap_or_default();
+        converted.as_str()
+    } else {
+        text
+    };
     if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(text) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -154,8 +154,19 @@ pub async fn presented_token(req: axum::extract::Request) -> Result<String, ApiE
         ));
     }
     let body = read_body(req).await?;
-    let r: SessionRequest = super::api::parse_json(&body)?;
-    Ok(r.token)
+    // `null` (or an empty body) leaves the token to the bearer header.
+    let r: Option<SessionRequest> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        super::api::parse_json(&body)?
+    };
+    r.map(|r| r.token).or(bearer).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send {\"token\": \"…\"} or Authorization: Bearer <token>",
+        )
+    })
 }
 
 /// `Set-Cookie` for a new session (or, with `None`, one that clears it).
