@@ -149,16 +149,7 @@ fn database_state(
             return Ok(v);
         }
         let state = from_file().map_err(StoreError::Invalid)?;
-        let entry = crate::store::AuditEntry {
-            id: 0,
-            time: crate::store::now_rfc3339(),
-            actor: "startup".into(),
-            action: "import".into(),
-            resource: "config".into(),
-            before: None,
-            after: None,
-            version: 1,
-        };
+        let entry = crate::store::AuditEntry::startup_import();
         match store.commit(0, &state, &[entry]).await {
             Ok(version) => {
                 tracing::info!(

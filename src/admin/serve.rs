@@ -2,7 +2,8 @@
 //! connection (`Stream`) is driven by hyper's HTTP/1 server. Because Pingora
 //! owns the socket, the admin port takes part in the listener hand-off of a
 //! binary upgrade and in graceful shutdown (connections finish their
-//! in-flight request; idle keep-alive ones close at shutdown).
+//! in-flight request, and a request arriving within 500 ms of the shutdown
+//! on an open connection is still answered; then they close).
 
 use async_trait::async_trait;
 use hyper_util::rt::TokioIo;
@@ -38,6 +39,19 @@ impl ServerApp for AdminApp {
                 }
             }
             _ = stopping.changed() => {
+                // A connection accepted just before the listener stopped may
+                // still have its first request in transit, and hyper closes an
+                // idle connection at once: give that request a moment to
+                // arrive (it is then answered) before closing.
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!("admin connection ended: {e}");
+                        }
+                        return None;
+                    }
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }

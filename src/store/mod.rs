@@ -62,6 +62,23 @@ pub struct AuditEntry {
     pub version: u64,
 }
 
+impl AuditEntry {
+    /// The entry of the one-time import of a node's config into an empty
+    /// database (version 1).
+    pub fn startup_import() -> AuditEntry {
+        AuditEntry {
+            id: 0,
+            time: now_rfc3339(),
+            actor: "startup".into(),
+            action: "import".into(),
+            resource: "config".into(),
+            before: None,
+            after: None,
+            version: 1,
+        }
+    }
+}
+
 /// Filters of `GET /api/logs`; entries come newest first.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

@@ -104,16 +104,7 @@ impl SyncService {
             if stored == 0 && live == 0 {
                 // The database came back empty: import what this node serves.
                 let (_, state) = self.config.current_state();
-                let entry = super::AuditEntry {
-                    id: 0,
-                    time: super::now_rfc3339(),
-                    actor: "startup".into(),
-                    action: "import".into(),
-                    resource: "config".into(),
-                    before: None,
-                    after: None,
-                    version: 1,
-                };
+                let entry = super::AuditEntry::startup_import();
                 self.store.commit(0, &state, &[entry]).await?;
             } else if stored <= live {
                 return Ok::<(), StoreError>(());
