@@ -118,7 +118,7 @@ pub enum KeysCommand {
 }
 
 /// `30d`, `12h`, `90m`, `45s` → seconds.
-fn parse_lifetime(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_lifetime(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = num

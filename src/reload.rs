@@ -177,18 +177,9 @@ impl ConfigHandle {
     /// state is remembered as the managed one; in file mode the file (just
     /// rewritten by the store) is not reloaded a second time. Call with the
     /// change lock held.
-    pub fn install(&self, mut snap: Snapshot, version: u64, state: State) {
-        snap.version = version;
-        if self.is_managed() {
-            self.managed
-                .store(Some(Arc::new(Versioned { version, state })));
-        }
-        let (hash, _) = read_inputs(&self.path, self.managed.load().as_deref());
-        self.file_hash.store(hash, Ordering::Relaxed);
-        self.live.store(Arc::new(snap));
-        self.reloads.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(version, "config applied");
-        crate::events::emit("config.changed", serde_json::json!({"version": version}));
+    pub fn install(&self, snap: Snapshot, version: u64, state: State) {
+        let managed = self.is_managed().then_some(Versioned { version, state });
+        self.swap(snap, version, managed);
     }
 
     /// Database mode: compiles and installs a state read from the store
@@ -203,16 +194,24 @@ impl ConfigHandle {
             Err(e) => return self.reject(e),
         };
         let version = v.version;
-        self.managed.store(Some(Arc::new(v.clone())));
-        let mut snap = snap;
+        self.swap(snap, version, Some(v));
+        Ok(version)
+    }
+
+    /// Makes `snap` live as `version` (remembering `managed` as the store's
+    /// state), and records the inputs behind it so the file poll does not
+    /// load them a second time.
+    fn swap(&self, mut snap: Snapshot, version: u64, managed: Option<Versioned>) {
         snap.version = version;
-        let (hash, _) = read_inputs(&self.path, Some(&v));
+        if let Some(m) = managed {
+            self.managed.store(Some(Arc::new(m)));
+        }
+        let (hash, _) = read_inputs(&self.path, self.managed.load().as_deref());
         self.file_hash.store(hash, Ordering::Relaxed);
         self.live.store(Arc::new(snap));
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(version, "config applied from the store");
+        tracing::info!(version, "config applied");
         crate::events::emit("config.changed", serde_json::json!({"version": version}));
-        Ok(version)
     }
 
     /// Re-reads the file and swaps the snapshot in when it is valid.

@@ -11,7 +11,7 @@
 //! answers with the changes it would make and changes nothing.
 
 use super::api::{media_type, read_body, ApiError};
-use super::resources::with_version;
+use super::resources::{json_of, with_version};
 use super::write::{apply, materialize_ids, Actor, Change};
 use super::AdminState;
 use crate::config::{self, DynamicConfig};
@@ -153,20 +153,19 @@ fn diff_list<T: Serialize + PartialEq>(
     key: impl Fn(&T) -> String,
     out: &mut Vec<Change>,
 ) {
-    let json = |v: &T| serde_json::to_value(v).unwrap_or_default();
     for n in new {
         match old.iter().find(|o| key(o) == key(n)) {
             None => out.push(Change::new(
                 "create",
                 format!("{kind}/{}", key(n)),
                 None,
-                Some(json(n)),
+                Some(json_of(n)),
             )),
             Some(o) if o != n => out.push(Change::new(
                 "update",
                 format!("{kind}/{}", key(n)),
-                Some(json(o)),
-                Some(json(n)),
+                Some(json_of(o)),
+                Some(json_of(n)),
             )),
             Some(_) => {}
         }
@@ -176,7 +175,7 @@ fn diff_list<T: Serialize + PartialEq>(
             out.push(Change::new(
                 "delete",
                 format!("{kind}/{}", key(o)),
-                Some(json(o)),
+                Some(json_of(o)),
                 None,
             ));
         }
@@ -186,12 +185,15 @@ fn diff_list<T: Serialize + PartialEq>(
 /// What replacing `old` by `new` changes, resource by resource.
 pub fn diff(old: &DynamicConfig, new: &DynamicConfig) -> Vec<Change> {
     let mut out = Vec::new();
-    let json = |v: &dyn erased::Ser| v.value();
     let settings: [(&str, Value, Value); 4] = [
-        ("proxy", json(&old.defaults), json(&new.defaults)),
-        ("security", json(&old.security), json(&new.security)),
-        ("rateLimit", json(&old.rate_limit), json(&new.rate_limit)),
-        ("logging", json(&old.logging), json(&new.logging)),
+        ("proxy", json_of(&old.defaults), json_of(&new.defaults)),
+        ("security", json_of(&old.security), json_of(&new.security)),
+        (
+            "rateLimit",
+            json_of(&old.rate_limit),
+            json_of(&new.rate_limit),
+        ),
+        ("logging", json_of(&old.logging), json_of(&new.logging)),
     ];
     for (name, o, n) in settings {
         if o != n {
@@ -225,18 +227,6 @@ pub fn diff(old: &DynamicConfig, new: &DynamicConfig) -> Vec<Change> {
         &mut out,
     );
     out
-}
-
-mod erased {
-    /// Serialises any section to JSON (for diffs and audit entries).
-    pub trait Ser {
-        fn value(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn value(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
-        }
-    }
 }
 
 #[utoipa::path(post, path = "/api/config", tag = "config",
@@ -343,11 +333,7 @@ pub async fn import(
                 config: incoming.clone(),
                 keys: current.keys.clone(),
             };
-            tokio::task::spawn_blocking(move || handle.prepare(&candidate).map(|_| ()))
-                .await
-                .map_err(|e| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                })??;
+            tokio::task::spawn_blocking(move || handle.prepare(&candidate).map(|_| ())).await??;
         }
         let result = ImportResult {
             version,

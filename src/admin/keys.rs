@@ -143,23 +143,14 @@ fn view(snap: &Snapshot, k: &StoredKey, now: u64) -> KeyView {
     }
 }
 
-/// `30d`, `12h`, `90m`, `45s` → seconds.
+/// `30d`, `12h`, `90m`, `45s` → seconds. Unlike the CLI, the API wants
+/// the unit written out.
 fn lifetime(text: &str) -> Result<u64, ApiError> {
     let bad = || ApiError::invalid("expiresIn", "expected e.g. 30d, 12h, 90m or 45s");
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let n: u64 = t[..split].parse().map_err(|_| bad())?;
-    let unit = match &t[split..] {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
-        _ => return Err(bad()),
-    };
-    if n == 0 {
+    if !text.trim().ends_with(['d', 'h', 'm', 's']) {
         return Err(bad());
     }
-    Ok(n.saturating_mul(unit))
+    crate::cli::parse_lifetime(text).map_err(|_| bad())
 }
 
 #[utoipa::path(get, path = "/api/keys", tag = "keys",

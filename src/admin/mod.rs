@@ -165,11 +165,7 @@ pub async fn sync_from_store(st: &AdminState) -> Result<(), ApiError> {
     }
     if let Some(v) = st.store.load().await? {
         let handle = st.config.clone();
-        tokio::task::spawn_blocking(move || handle.apply_managed(v))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })??;
+        tokio::task::spawn_blocking(move || handle.apply_managed(v)).await??;
     }
     Ok(())
 }

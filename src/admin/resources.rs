@@ -152,7 +152,8 @@ impl Resource for WebhookConfig {
     }
 }
 
-fn json_of<T: Serialize>(v: &T) -> serde_json::Value {
+/// A value as JSON (audit entries, diffs).
+pub fn json_of<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or_default()
 }
 

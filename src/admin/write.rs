@@ -113,11 +113,7 @@ pub async fn apply<R>(
         let (out, changes) = change(&mut state)?;
         let handle = st.config.clone();
         let candidate = state.clone();
-        let snap = tokio::task::spawn_blocking(move || handle.prepare(&candidate))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })??;
+        let snap = tokio::task::spawn_blocking(move || handle.prepare(&candidate)).await??;
         let time = now_rfc3339();
         let audit: Vec<AuditEntry> = changes
             .into_iter()
