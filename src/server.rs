@@ -202,6 +202,32 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Fails start-up with the field's name when a listening address is taken.
+///
+/// Pingora would retry a taken proxy port for seconds and then give up on
+/// that service alone, leaving a process that answers on its admin port but
+/// not on its proxy port. Not used with `--upgrade`, where the running
+/// process holds the ports and hands them over.
+fn check_listen_addresses(boot: &crate::config::BootConfig) -> Result<(), String> {
+    let mut wanted: Vec<(&str, String)> = boot
+        .listen
+        .iter()
+        .map(|a| ("proxy.listen", a.to_string()))
+        .collect();
+    if let Some(tls) = &boot.tls {
+        wanted.push(("proxy.tls.listen", tls.listen.clone()));
+    }
+    wanted.push(("admin.listen", boot.admin_listen.to_string()));
+    for (field, addr) in wanted {
+        // std's listener sets SO_REUSEADDR as Pingora's does, so sockets
+        // lingering in TIME_WAIT are no obstacle here either.
+        if let Err(e) = std::net::TcpListener::bind(&addr) {
+            return Err(format!("{field}: cannot listen on {addr}: {e}"));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the server and runs it; returns only on a start-up error.
 pub fn run(mut opts: StartOptions) -> Result<(), String> {
     // A daemon changes its directory to `/`: keep the config findable for reloads.
@@ -248,6 +274,9 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         Some(tls) => Some(tls_settings_for(tls)?),
         None => None,
     };
+    if !opts.upgrade {
+        check_listen_addresses(&boot)?;
+    }
     server.bootstrap();
 
     let stats = Arc::new(ProxyStats::default());

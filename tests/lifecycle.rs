@@ -182,6 +182,37 @@ fn start_refuses_an_invalid_config() {
     );
 }
 
+#[test]
+fn start_refuses_a_proxy_port_already_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}{}",
+            proxy_section(port, dir.path()),
+            one_route(&TestUpstream::start("app", Behavior::Ok))
+        ),
+    )
+    .unwrap();
+    // Bounded: a gateway that kept running on its admin port alone would hang here.
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(flexgate_bin())
+        .args(["start", "-c", path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("proxy.listen: cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
 fn one_route(up: &TestUpstream) -> String {
     format!(
         "upstreams:\n  - name: app\n    url: \"{}\"\nroutes:\n  - path: /*\n    upstream: app\n",

@@ -41,7 +41,7 @@ fn tls_listener_serves_http1_and_http2() {
         cert.display(),
         key.display()
     );
-    let gw = Gateway::start(
+    let mut gw = Gateway::start(
         &extra,
         &format!("upstreams:\n  - name: app\n    url: \"{}\"\nroutes:\n  - path: /*\n    upstream: app\n", up.url()),
     );

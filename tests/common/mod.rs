@@ -435,12 +435,22 @@ pub fn raw(port: u16, bytes: &[u8]) -> std::io::Result<Response> {
     c.read(false)
 }
 
+/// A port nothing listens on, never handed out twice in this test process:
+/// the kernel reuses a released port soon, and tests run in parallel.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running `flexgate start`.
@@ -501,7 +511,7 @@ impl Gateway {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn flexgate");
-        let gw = Gateway {
+        let mut gw = Gateway {
             port,
             admin_port,
             dir,
@@ -510,14 +520,20 @@ impl Gateway {
             log_path,
         };
         gw.wait_ready(port);
+        gw.wait_ready(admin_port);
         gw
     }
 
-    pub fn wait_ready(&self, port: u16) {
+    /// Waits until `port` accepts connections; fails at once, with the log,
+    /// when the process has exited.
+    pub fn wait_ready(&mut self, port: u16) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited ({status}); log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
