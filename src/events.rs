@@ -29,6 +29,8 @@ pub struct Event {
 pub struct EventBus {
     tx: broadcast::Sender<Arc<Event>>,
     pub emitted: AtomicU64,
+    /// Events SSE clients missed by falling behind.
+    pub dropped: AtomicU64,
 }
 
 /// The process-wide bus.
@@ -37,6 +39,7 @@ pub fn bus() -> &'static EventBus {
     BUS.get_or_init(|| EventBus {
         tx: broadcast::channel(CAPACITY).0,
         emitted: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
     })
 }
 

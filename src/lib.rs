@@ -19,6 +19,7 @@ pub mod health;
 pub mod jwt;
 pub mod keys;
 pub mod limit;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

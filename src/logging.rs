@@ -9,6 +9,14 @@ use tracing_subscriber::EnvFilter;
 /// Lines buffered before new lines are dropped.
 const BUFFERED_LINES: usize = 64 * 1024;
 
+/// Access-log and other lines dropped because the writer fell behind.
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
 /// Installs the global subscriber; keep the guard alive for the process.
 /// In daemon mode the process forks after this point and a writer thread
 /// would not survive the fork, so lines are written directly instead.
@@ -33,6 +41,7 @@ pub fn init(cfg: &LoggingSection, daemon: bool) -> Option<WorkerGuard> {
         .buffered_lines_limit(BUFFERED_LINES)
         .lossy(true)
         .finish(std::io::stdout());
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

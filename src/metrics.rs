@@ -46,10 +46,13 @@ pub struct Metrics {
     breaker_rejections: IntCounterVec,
     target_healthy: IntGaugeVec,
     config_version: IntGauge,
-    config_reloads: IntGauge,
-    config_rejected: IntGauge,
-    events: IntGauge,
-    redis_up: IntGauge,
+    config_reloads: IntCounter,
+    config_rejected: IntCounter,
+    events: IntCounter,
+    events_dropped: IntCounterVec,
+    log_dropped: IntCounter,
+    pub breaker_transitions: IntCounterVec,
+    dependency_up: IntGaugeVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -176,25 +179,43 @@ pub fn metrics() -> &'static Metrics {
                 &["upstream", "target"],
             ),
             config_version: gauge(&r, "flexgate_config_version", "Version of the live config."),
-            config_reloads: gauge(
+            config_reloads: counter(
                 &r,
-                "flexgate_config_reloads",
-                "Config reloads applied since start.",
+                "flexgate_config_reloads_total",
+                "Config reloads applied.",
             ),
-            config_rejected: gauge(
+            config_rejected: counter(
                 &r,
-                "flexgate_config_reloads_rejected",
-                "Config reloads rejected since start.",
+                "flexgate_config_reloads_rejected_total",
+                "Config reloads rejected (the previous config stayed live).",
             ),
-            events: gauge(
+            events: counter(
                 &r,
-                "flexgate_events_emitted",
-                "Events emitted on the event bus since start.",
+                "flexgate_events_total",
+                "Events emitted on the event bus.",
             ),
-            redis_up: gauge(
+            events_dropped: counter_vec(
                 &r,
-                "flexgate_dependency_up_redis",
-                "1 when the Redis rate-limit backend answers (-1 when not configured).",
+                "flexgate_events_dropped_total",
+                "Events a subscriber missed: an SSE client too slow (sse), or NATS down or too slow (nats).",
+                &["subscriber"],
+            ),
+            log_dropped: counter(
+                &r,
+                "flexgate_log_lines_dropped_total",
+                "Access-log and log lines dropped because the log writer fell behind.",
+            ),
+            breaker_transitions: counter_vec(
+                &r,
+                "flexgate_circuit_breaker_transitions_total",
+                "Circuit breaker transitions, by upstream and new state (open, closed).",
+                &["upstream", "to"],
+            ),
+            dependency_up: gauge_vec(
+                &r,
+                "flexgate_dependency_up",
+                "1 when a configured dependency answers, 0 when not (postgres, redis, nats; absent when not configured).",
+                &["dependency"],
             ),
             registry: r,
         }
@@ -265,19 +286,49 @@ pub fn unrouted() -> &'static RouteMetrics {
     R.get_or_init(|| RouteMetrics::new("none", "none"))
 }
 
+/// Brings a counter up to a monotonic total kept elsewhere.
+fn catch_up(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
+
+/// What the scrape reports besides the request path's own counters.
+pub struct ScrapeState<'a> {
+    pub snap: &'a Snapshot,
+    pub reloads: u64,
+    pub rejected: u64,
+    /// Configured dependencies and whether each answers.
+    pub dependencies: &'a [(&'static str, bool)],
+    /// Events missed by the NATS publisher.
+    pub nats_dropped: u64,
+}
+
 /// Renders the text exposition (format 0.0.4), refreshing state gauges first.
-pub fn render(snap: &Snapshot, reloads: u64, rejected: u64, redis: Option<bool>) -> String {
+pub fn render(state: &ScrapeState<'_>) -> String {
     let m = metrics();
+    let snap = state.snap;
     m.config_version.set(snap.version as i64);
-    m.config_reloads.set(reloads as i64);
-    m.config_rejected.set(rejected as i64);
-    m.events
-        .set(crate::events::bus().emitted.load(Ordering::Relaxed) as i64);
-    m.redis_up.set(match redis {
-        None => -1,
-        Some(true) => 1,
-        Some(false) => 0,
-    });
+    catch_up(&m.config_reloads, state.reloads);
+    catch_up(&m.config_rejected, state.rejected);
+    let bus = crate::events::bus();
+    catch_up(&m.events, bus.emitted.load(Ordering::Relaxed));
+    catch_up(
+        &m.events_dropped.with_label_values(&["sse"]),
+        bus.dropped.load(Ordering::Relaxed),
+    );
+    catch_up(
+        &m.events_dropped.with_label_values(&["nats"]),
+        state.nats_dropped,
+    );
+    catch_up(&m.log_dropped, crate::logging::dropped_lines());
+    m.dependency_up.reset();
+    for (name, up) in state.dependencies {
+        m.dependency_up
+            .with_label_values(&[name])
+            .set(i64::from(*up));
+    }
     m.breaker_state.reset();
     m.target_healthy.reset();
     let now = crate::snapshot::upstream::now_ms();

@@ -344,6 +344,18 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
             None,
         ),
     };
+    // Cluster-wide metrics and alerts over NATS JetStream, in either store mode.
+    let cluster = nats_url(&file).map(|url| {
+        let feed = crate::live::cluster::ClusterFeed::new();
+        server.add_service(background_service(
+            "cluster telemetry",
+            crate::live::cluster::ClusterService {
+                feed: feed.clone(),
+                url,
+            },
+        ));
+        feed
+    });
     let admin_state = crate::admin::AdminState {
         config: handle.clone(),
         stats: stats.clone(),
@@ -353,6 +365,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         sessions: Arc::default(),
         public_endpoints: boot.admin_public_endpoints,
         on_commit,
+        cluster,
     };
     if admin_state.token.is_none() {
         tracing::warn!(

@@ -17,12 +17,14 @@
 //! Parts: `api.rs` (error shape, body rules), `write.rs` (the path of every
 //! write: validate, dry-run compile, commit to the store with audit
 //! entries, install), `resources.rs` (routes, upstreams, webhooks),
-//! `keys.rs`, `config_io.rs` (export/import, audit log), `session.rs`,
+//! `keys.rs`, `config_io.rs` (export/import, audit log), `live_metrics.rs` (live
+//! summary and the SSE streams), `session.rs`,
 //! `openapi.rs` (`GET /api/openapi.json`, generated from these handlers).
 
 pub mod api;
 pub mod config_io;
 pub mod keys;
+pub mod live_metrics;
 pub mod openapi;
 pub mod resources;
 pub mod serve;
@@ -62,6 +64,9 @@ pub struct AdminState {
     /// `/health*` and `/metrics` without credentials (default true).
     pub public_endpoints: bool,
     pub on_commit: Option<OnCommit>,
+    /// The cluster feed over NATS, when configured (SSE of every node;
+    /// the `jetstream` readiness check).
+    pub cluster: Option<Arc<crate::live::cluster::ClusterFeed>>,
 }
 
 impl AdminState {
@@ -79,6 +84,7 @@ impl AdminState {
             sessions: Arc::default(),
             public_endpoints: boot.admin_public_endpoints,
             on_commit: None,
+            cluster: None,
         })
     }
 }
@@ -275,6 +281,12 @@ async fn ready(State(state): State<AdminState>) -> Response {
             },
         );
     }
+    if let Some(redis) = &state.redis {
+        checks.insert("redis".to_string(), dependency_check(redis.is_up()));
+    }
+    if let Some(cluster) = &state.cluster {
+        checks.insert("jetstream".to_string(), dependency_check(cluster.is_up()));
+    }
     let up = checks.values().all(|c| c.status == "UP");
     let status = if up {
         StatusCode::OK
@@ -291,22 +303,39 @@ async fn ready(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
+/// A dependency watched by a background task: its last known state.
+fn dependency_check(up: bool) -> CheckStatus {
+    CheckStatus {
+        status: if up { "UP" } else { "DOWN" }.into(),
+        details: BTreeMap::new(),
+    }
+}
+
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 async fn prometheus(State(state): State<AdminState>) -> Response {
     let snap = state.config.current();
-    let text = crate::metrics::render(
-        &snap,
-        state
-            .config
-            .reloads
-            .load(std::sync::atomic::Ordering::Relaxed),
-        state
-            .config
-            .rejected_reloads
-            .load(std::sync::atomic::Ordering::Relaxed),
-        state.redis.as_ref().map(|r| r.is_up()),
-    );
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut dependencies = Vec::new();
+    if state.store.kind() == "postgres" {
+        dependencies.push(("postgres", crate::store::sync::database_up()));
+    }
+    if let Some(redis) = &state.redis {
+        dependencies.push(("redis", redis.is_up()));
+    }
+    if let Some(cluster) = &state.cluster {
+        dependencies.push(("nats", cluster.is_up()));
+    }
+    let text = crate::metrics::render(&crate::metrics::ScrapeState {
+        snap: &snap,
+        reloads: state.config.reloads.load(Relaxed),
+        rejected: state.config.rejected_reloads.load(Relaxed),
+        dependencies: &dependencies,
+        nats_dropped: state
+            .cluster
+            .as_ref()
+            .map_or(0, |c| c.dropped.load(Relaxed)),
+    });
     (
         [(
             header::CONTENT_TYPE,
@@ -416,6 +445,9 @@ pub fn app(state: AdminState) -> Router {
             get(config_io::export).post(config_io::import),
         )
         .route("/api/logs", get(config_io::logs))
+        .route("/api/metrics", get(live_metrics::summary))
+        .route("/api/stream/metrics", get(live_metrics::stream_metrics))
+        .route("/api/stream/alerts", get(live_metrics::stream_alerts))
         .route("/api/openapi.json", get(openapi::serve))
         .route("/api/session", axum::routing::delete(end_session))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));

@@ -171,12 +171,28 @@ impl BackgroundService for RedisLimiterService {
         let _connection = client.init().await;
         let _ = l.client.set(client.clone());
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => { let _ = client.quit().await; return; }
                 _ = tick.tick() => {}
             }
-            if !l.is_up() && l.probe(&client).await && l.down.swap(false, Ordering::Relaxed) {
+            ticks = ticks.wrapping_add(1);
+            // Up: a PING every second, so an idle node notices an outage
+            // too (readiness, metrics) rather than at its next request.
+            if l.is_up() {
+                if ticks % 4 == 0 {
+                    let ping = client.ping::<String>(None);
+                    if !matches!(
+                        tokio::time::timeout(Duration::from_millis(200), ping).await,
+                        Ok(Ok(_))
+                    ) {
+                        l.mark_down("no answer to PING");
+                    }
+                }
+                continue;
+            }
+            if l.probe(&client).await && l.down.swap(false, Ordering::Relaxed) {
                 l.recoveries.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("redis rate limiter connected: limits are shared across nodes");
                 crate::events::emit(

@@ -989,6 +989,10 @@ impl ProxyHttp for Gateway {
                 match transition {
                     Some(Transition::Opened) => {
                         tracing::warn!(upstream = %route.upstream.name, "circuit breaker opened");
+                        crate::metrics::metrics()
+                            .breaker_transitions
+                            .with_label_values(&[&route.upstream.name, "open"])
+                            .inc();
                         crate::events::emit(
                             "circuit_breaker.opened",
                             serde_json::json!({"upstream": &*route.upstream.name}),
@@ -996,6 +1000,10 @@ impl ProxyHttp for Gateway {
                     }
                     Some(Transition::Closed) => {
                         tracing::info!(upstream = %route.upstream.name, "circuit breaker closed");
+                        crate::metrics::metrics()
+                            .breaker_transitions
+                            .with_label_values(&[&route.upstream.name, "closed"])
+                            .inc();
                         crate::events::emit(
                             "circuit_breaker.closed",
                             serde_json::json!({"upstream": &*route.upstream.name}),
@@ -1027,6 +1035,12 @@ impl ProxyHttp for Gateway {
             status,
             ctx.start.elapsed().as_secs_f64(),
             ctx.upstream_elapsed.map(|d| d.as_secs_f64()),
+        );
+        crate::live::stats().record(
+            ctx.route.as_ref().map(|r| &r.id),
+            ctx.route.as_ref().map(|r| &r.upstream.name),
+            status,
+            ctx.start.elapsed(),
         );
         let Some(snap) = ctx.snap.as_ref() else {
             return;

@@ -22,6 +22,7 @@ use futures::StreamExt;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -78,6 +79,13 @@ pub fn node_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+static DATABASE_UP: AtomicBool = AtomicBool::new(true);
+
+/// Whether the config store answered the last poll (database mode).
+pub fn database_up() -> bool {
+    DATABASE_UP.load(Ordering::Relaxed)
+}
+
 /// The sender half given to the admin API (`on_commit`).
 pub fn channel() -> (mpsc::Sender<u64>, mpsc::Receiver<u64>) {
     mpsc::channel(64)
@@ -123,6 +131,7 @@ impl SyncService {
             Ok(())
         }
         .await;
+        DATABASE_UP.store(result.is_ok(), Ordering::Relaxed);
         match result {
             Ok(()) => {
                 if std::mem::take(outage) {
