@@ -185,3 +185,90 @@ fn limits_and_auth_failures_are_counted() {
         1.0
     );
 }
+
+/// Metric names (`flexgate_…`) in `text`, histogram series suffixes removed.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("flexgate_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn dashboard_and_alert_rules_use_only_real_metric_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let defined: std::collections::BTreeSet<String> = metric_names(&source)
+        .into_iter()
+        .filter(|n| source.contains(&format!("\"{n}\"")))
+        .collect();
+    assert!(defined.contains("flexgate_requests_total"), "{defined:?}");
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("conf/monitoring/grafana-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut exprs = String::new();
+    for p in panels {
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        for t in targets {
+            exprs.push_str(t["expr"].as_str().expect("expr"));
+            exprs.push('\n');
+        }
+    }
+    let used = metric_names(&exprs);
+    let unknown: Vec<_> = used.difference(&defined).collect();
+    assert!(
+        unknown.is_empty(),
+        "dashboard uses unknown metrics {unknown:?}"
+    );
+
+    let rules: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("conf/monitoring/prometheus-alerts.yaml")).unwrap(),
+    )
+    .expect("the rules are YAML");
+    let mut alerts = Vec::new();
+    let mut exprs = String::new();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().expect("alert name");
+            assert!(rule["labels"]["severity"].is_string(), "{name}: severity");
+            assert!(
+                rule["annotations"]["summary"].is_string(),
+                "{name}: summary"
+            );
+            exprs.push_str(rule["expr"].as_str().expect("expr"));
+            alerts.push(name.to_string());
+        }
+    }
+    for wanted in [
+        "FlexGateHighErrorRate",
+        "FlexGateHighLatencyP99",
+        "FlexGateCircuitBreakerOpen",
+        "FlexGateDependencyDown",
+        "FlexGateConfigReloadRejected",
+    ] {
+        assert!(alerts.iter().any(|a| a == wanted), "missing {wanted}");
+    }
+    let used = metric_names(&exprs);
+    let unknown: Vec<_> = used.difference(&defined).collect();
+    assert!(
+        unknown.is_empty(),
+        "alert rules use unknown metrics {unknown:?}"
+    );
+}
