@@ -413,6 +413,19 @@ fn the_database_stopping_under_traffic_costs_no_request() {
     let ready = request(gw.admin_port, "GET", "/health/ready", &[], b"");
     assert_eq!(ready.status, 503, "{}", ready.text());
     assert_eq!(ready.json()["checks"]["database"]["status"], "DOWN");
+    let postgres_gauge = || {
+        request(gw.admin_port, "GET", "/metrics", &[], b"")
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("flexgate_dependency_up{dependency=\"postgres\"} "))
+            .map(str::to_string)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || postgres_gauge().as_deref()
+            == Some("0")),
+        "the postgres gauge shows the outage: {:?}",
+        postgres_gauge()
+    );
     std::thread::sleep(Duration::from_millis(1500));
 
     // Recovery is automatic.
@@ -421,9 +434,14 @@ fn the_database_stopping_under_traffic_costs_no_request() {
         create_route(gw.admin_port, "after", "/after/*").status == 201
     });
     assert!(recovered, "writes never recovered; log:\n{}", gw.log());
-    assert_eq!(
-        request(gw.admin_port, "GET", "/health/ready", &[], b"").status,
-        200
+    // The database is back; the NATS nobody listens on keeps the node unready.
+    let ready = request(gw.admin_port, "GET", "/health/ready", &[], b"").json();
+    assert_eq!(ready["checks"]["database"]["status"], "UP", "{ready}");
+    assert_eq!(ready["checks"]["jetstream"]["status"], "DOWN", "{ready}");
+    assert!(
+        eventually(Duration::from_secs(5), || postgres_gauge().as_deref()
+            == Some("1")),
+        "the postgres gauge shows the recovery"
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut ok, mut failed) = (0, 0);
