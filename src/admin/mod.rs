@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod config_io;
+pub mod history;
 pub mod keys;
 pub mod openapi;
 pub mod resources;
@@ -416,6 +417,7 @@ pub fn app(state: AdminState) -> Router {
             get(config_io::export).post(config_io::import),
         )
         .route("/api/logs", get(config_io::logs))
+        .route("/api/metrics/history", get(history::metrics_history))
         .route("/api/openapi.json", get(openapi::serve))
         .route("/api/session", axum::routing::delete(end_session))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));

@@ -3,7 +3,7 @@
 //! (their doc comments are the descriptions), so it cannot drift from the
 //! code.
 
-use super::{config_io, keys, resources};
+use super::{config_io, history, keys, resources};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -78,6 +78,7 @@ impl Modify for ClosedObjects {
         resources::replace_webhook, resources::delete_webhook,
         keys::list_keys, keys::get_key, keys::create_key, keys::revoke_key,
         config_io::export, config_io::import, config_io::logs,
+        history::metrics_history,
         serve,
     ),
     modifiers(&Security, &ClosedObjects),
@@ -88,6 +89,7 @@ impl Modify for ClosedObjects {
         (name = "webhooks", description = "Event subscriptions"),
         (name = "config", description = "Export and import of the whole dynamic config"),
         (name = "audit", description = "Who changed what"),
+        (name = "metrics", description = "Request history roll-ups (database mode)"),
         (name = "session", description = "Browser sign-in"),
         (name = "health", description = "Probes and metrics (no credentials by default)"),
     )

@@ -174,6 +174,44 @@ fn check_millis(errs: &mut Vec<ConfigError>, path: String, v: Option<Millis>) {
     }
 }
 
+/// `history:` bounds (each error names its field).
+fn check_history(errs: &mut Vec<ConfigError>, h: &HistorySection) {
+    let mut range = |field: &str, value: Option<u64>, min: u64, max: u64| {
+        if let Some(v) = value {
+            if v < min || v > max {
+                errs.push(ConfigError::new(
+                    format!("history.{field}"),
+                    format!("must be {min}-{max} (got {v})"),
+                ));
+            }
+        }
+    };
+    range("queueSize", h.queue_size.map(|v| v as u64), 1, 10_000_000);
+    range("batchSize", h.batch_size.map(|v| v as u64), 1, 100_000);
+    range("flushInterval", h.flush_interval.map(|m| m.0), 1, 60_000);
+    range("retentionDays", h.retention_days.map(u64::from), 1, 3_650);
+    range(
+        "rollupRetentionDays",
+        h.rollup_retention_days.map(u64::from),
+        1,
+        36_500,
+    );
+    range(
+        "maintenanceInterval",
+        h.maintenance_interval.map(|m| m.0),
+        100,
+        24 * 3_600_000,
+    );
+    if let Some(id) = &h.node_id {
+        if id.trim().is_empty() || id.len() > 128 {
+            errs.push(ConfigError::new(
+                "history.nodeId",
+                "must be 1-128 characters, not blank",
+            ));
+        }
+    }
+}
+
 fn check_cidrs(errs: &mut Vec<ConfigError>, path: &str, list: &[String]) {
     for (i, c) in list.iter().enumerate() {
         if let Err(m) = parse_cidr(c) {
@@ -552,6 +590,10 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
                 ));
             }
         }
+    }
+
+    if let Some(h) = &cfg.history {
+        check_history(e, h);
     }
 
     // upstreams
