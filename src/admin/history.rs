@@ -28,10 +28,13 @@ const MAX_DAILY_RANGE_DAYS: i64 = 3_660;
 pub struct HistoryParams {
     /// Start (RFC 3339, e.g. `2026-11-26T00:00:00Z`; write `+` as `%2B`).
     /// Default: `to` minus 24 hours (hourly) or 30 days (daily).
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// End, exclusive (RFC 3339). Default: now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// `hour` (default; at most 31 days) or `day` (at most 3660 days).
+    #[param(pattern = "^(hour|day)$")]
     pub granularity: Option<String>,
 }
 

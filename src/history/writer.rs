@@ -2,7 +2,9 @@
 //! into `flexgate_request_log`, one binary `COPY` per batch.
 //!
 //! A batch closes when it holds `history.batchSize` records or when its
-//! first record has waited `history.flushInterval`. The writer owns one
+//! first record has waited `history.flushInterval`. While a batch fills, the
+//! queue is polled every [`FILL_POLL`] rather than awaited, so that the
+//! request path's pushes do not wake this thread one by one. The writer owns one
 //! connection (not the config store's pool). When the database does not
 //! take a batch (down, slow beyond [`WRITE_TIMEOUT`], an error), the batch
 //! is dropped and counted (`flexgate_history_failed_batches_total`, and its
@@ -29,6 +31,8 @@ use tokio_postgres::types::{ToSql, Type};
 /// Longest time one batch may take (client side), and the writer
 /// connection's `statement_timeout`.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a batch being filled looks at the queue.
+const FILL_POLL: Duration = Duration::from_millis(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -118,13 +122,22 @@ impl BackgroundService for HistoryWriter {
             if queue.recv_many(&mut batch, batch_size).await == 0 {
                 return; // every sender is gone: the process is ending
             }
+            // Fill the batch by polling: waiting on the channel would have
+            // every request wake this thread; a poll every few ms is one
+            // wake-up per tick whatever the request rate.
             let deadline = Instant::now() + self.settings.flush_interval;
-            while batch.len() < batch_size {
-                let room = batch_size - batch.len();
-                match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+            loop {
+                while batch.len() < batch_size {
+                    match queue.try_recv() {
+                        Ok(record) => batch.push(record),
+                        Err(_) => break,
+                    }
                 }
+                let now = Instant::now();
+                if batch.len() >= batch_size || now >= deadline {
+                    break;
+                }
+                tokio::time::sleep_until(deadline.min(now + FILL_POLL)).await;
             }
             self.flush(&mut link, &mut batch).await;
         }
