@@ -478,4 +478,105 @@ fn day_partitions_are_created_ahead_and_dropped_after_the_retention() {
         )),
         1
     );
+
+    // A missing day partition: that day's rows wait in the DEFAULT
+    // partition and move into the day's partition when it is created.
+    sql.exec(&format!(
+        "DROP TABLE flexgate_request_log_p{tomorrow};
+         INSERT INTO flexgate_request_log (time, node_id, request_id, method, path, status, \
+           duration_ms, bytes_in, bytes_out) VALUES
+           (('{tomorrow}'::date::timestamp + interval '1 hour') AT TIME ZONE 'UTC', \
+            'n', 'early', 'GET', '/', 200, 1, 0, 0);"
+    ));
+    wait_for(
+        &gw,
+        "tomorrow's partition again",
+        Duration::from_secs(10),
+        || partitions().contains(&format!("flexgate_request_log_p{tomorrow}")),
+    );
+    assert_eq!(
+        sql.text(&format!(
+            "SELECT request_id FROM flexgate_request_log_p{tomorrow}"
+        )),
+        "early"
+    );
+    assert_eq!(
+        sql.int("SELECT count(*) FROM flexgate_request_log_default WHERE request_id = 'early'"),
+        0
+    );
+}
+
+#[test]
+fn a_database_that_goes_away_costs_batches_not_requests_and_the_writer_comes_back() {
+    let Some(db) = Db::create() else { return };
+    let up_ok = TestUpstream::start("ok", Behavior::Ok);
+    let up_fail = TestUpstream::start("fail", Behavior::Status(500));
+    let history = "  batchSize: 50\n  flushInterval: 50ms\n";
+    let gw = Gateway::start("", &config(&up_ok, &up_fail, &db, history));
+    let sql = db.sql();
+    let written = || metric(&gw, "flexgate_history_written_total");
+    let dropped = || metric(&gw, "flexgate_history_dropped_total");
+    let mut sent = 0.0;
+    let mut send = |n: usize| {
+        let statuses = traffic(gw.port, 1, n, |_, i| format!("/ok/item?n={i}"));
+        assert!(statuses.iter().all(|s| *s == 200), "every request succeeds");
+        sent += n as f64;
+        sent
+    };
+    let total = send(200);
+    wait_for(&gw, "the first rows", Duration::from_secs(10), || {
+        written() == total
+    });
+
+    // The database refuses this node's history writer: its connection is
+    // ended and no new one is accepted.
+    let admin = Sql::connect("postgres").expect("connect to postgres");
+    admin.exec(&format!(
+        "ALTER DATABASE {0} ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = '{0}' AND application_name = 'flexgate-history-writer';",
+        db.name
+    ));
+    let total = send(300);
+    wait_for(
+        &gw,
+        "written + dropped == sent",
+        Duration::from_secs(10),
+        || written() + dropped() == total,
+    );
+    let lost = metric_labelled(
+        &gw,
+        "flexgate_history_dropped_total",
+        "reason=\"write_failed\"",
+    );
+    assert!(lost > 0.0, "batches the database did not take are counted");
+    assert!(metric(&gw, "flexgate_history_failed_batches_total") > 0.0);
+
+    // Back: the writer reconnects (after its backoff) and writes again.
+    admin.exec(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+        db.name
+    ));
+    let before = written();
+    let start = Instant::now();
+    while written() <= before {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the writer did not come back; log:\n{}",
+            gw.log()
+        );
+        send(20);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let total = sent;
+    wait_for(
+        &gw,
+        "written + dropped == sent",
+        Duration::from_secs(10),
+        || written() + dropped() == total,
+    );
+    assert_eq!(
+        sql.int("SELECT count(*) FROM flexgate_request_log") as f64,
+        written()
+    );
 }

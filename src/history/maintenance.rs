@@ -8,10 +8,13 @@
 //! is simply completed by the next one.
 //!
 //! A run, in order (times are the database's clock, days are UTC):
-//! 1. Partitions: today's and tomorrow's `flexgate_request_log_pYYYYMMDD`
-//!    exist. A day partition is created detached, receives the rows of its
-//!    day that had landed in the DEFAULT partition, then is attached — all
-//!    in one transaction.
+//! 1. Partitions ([`ensure_partitions`], also run by the writer on each new
+//!    connection, before its first `COPY`): today's and tomorrow's
+//!    `flexgate_request_log_pYYYYMMDD` exist. In one transaction under an
+//!    advisory lock of its own: the DEFAULT partition is locked (so no row
+//!    lands there meanwhile), the day partition is created detached,
+//!    receives the rows of its day that had landed in the DEFAULT
+//!    partition, and is attached.
 //! 2. Roll-ups: the current and previous hour, and the current and previous
 //!    day, recomputed from the raw rows (`INSERT … ON CONFLICT DO UPDATE`).
 //!    The daily roll-up reads up to two days of raw rows per run; a longer
@@ -26,10 +29,12 @@ use chrono::{Days, NaiveDate};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use std::time::Duration;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 /// The advisory lock of a maintenance run (`FlexHist` in ASCII).
 pub const MAINTENANCE_LOCK: i64 = 0x466c_6578_4869_7374;
+/// The advisory lock of partition creation (`FlexPart`).
+pub const PARTITION_LOCK: i64 = 0x466c_6578_5061_7274;
 /// Server-side limit of one maintenance statement.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The raw table and the prefix of its day partitions.
@@ -89,7 +94,7 @@ impl BackgroundService for HistoryMaintenance {
                 })
                 .ok();
             }
-            if let Some(c) = &client {
+            if let Some(c) = client.as_mut() {
                 match run(c, &self.settings).await {
                     Ok(report) => {
                         failing = false;
@@ -124,7 +129,7 @@ impl BackgroundService for HistoryMaintenance {
 
 /// One maintenance run under the advisory lock (skipped when another node
 /// holds it).
-pub async fn run(client: &Client, settings: &Settings) -> Result<RunReport, String> {
+pub async fn run(client: &mut Client, settings: &Settings) -> Result<RunReport, String> {
     let e = |what: &str| {
         let what = what.to_string();
         move |err: tokio_postgres::Error| format!("{what}: {}", error_text(&err))
@@ -147,27 +152,13 @@ pub async fn run(client: &Client, settings: &Settings) -> Result<RunReport, Stri
     Ok(report)
 }
 
-async fn run_locked(client: &Client, settings: &Settings) -> Result<RunReport, String> {
-    let today: NaiveDate = client
-        .query_one("SELECT (now() AT TIME ZONE 'UTC')::date", &[])
-        .await
-        .map_err(|err| format!("reading the date: {}", error_text(&err)))?
-        .get(0);
+async fn run_locked(client: &mut Client, settings: &Settings) -> Result<RunReport, String> {
+    let (today, partitions_created) = ensure_partitions(client).await?;
     let mut report = RunReport {
         ran: true,
+        partitions_created,
         ..RunReport::default()
     };
-    let existing = partitions(client).await?;
-    for day in [Some(today), today.checked_add_days(Days::new(1))]
-        .into_iter()
-        .flatten()
-    {
-        let name = partition_name(day);
-        if !existing.contains(&name) {
-            create_partition(client, day).await?;
-            report.partitions_created.push(name);
-        }
-    }
     report.rollup_rows = refresh_rollups(client).await?;
     report.partitions_dropped = apply_retention(client, settings, today).await?;
     Ok(report)
@@ -187,8 +178,40 @@ pub fn partition_day(name: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(digits, "%Y%m%d").ok()
 }
 
+/// Makes sure today's and tomorrow's partitions exist (one transaction,
+/// under [`PARTITION_LOCK`]); returns today's date (the database's, UTC)
+/// and the partitions created.
+pub async fn ensure_partitions(client: &mut Client) -> Result<(NaiveDate, Vec<String>), String> {
+    let e = |what: &'static str| {
+        move |err: tokio_postgres::Error| format!("{what}: {}", error_text(&err))
+    };
+    let tx = client.transaction().await.map_err(e("partitions"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+        .await
+        .map_err(e("partition lock"))?;
+    let today: NaiveDate = tx
+        .query_one("SELECT (now() AT TIME ZONE 'UTC')::date", &[])
+        .await
+        .map_err(e("reading the date"))?
+        .get(0);
+    let existing = partitions(&tx).await?;
+    let mut created = Vec::new();
+    for day in [Some(today), today.checked_add_days(Days::new(1))]
+        .into_iter()
+        .flatten()
+    {
+        let name = partition_name(day);
+        if !existing.contains(&name) {
+            create_partition(&tx, day).await?;
+            created.push(name);
+        }
+    }
+    tx.commit().await.map_err(e("partitions"))?;
+    Ok((today, created))
+}
+
 /// Names of the tables attached to the raw table.
-async fn partitions(client: &Client) -> Result<Vec<String>, String> {
+async fn partitions(client: &impl GenericClient) -> Result<Vec<String>, String> {
     let rows = client
         .query(
             "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
@@ -205,28 +228,25 @@ fn day_start(day: NaiveDate) -> String {
     format!("'{} 00:00:00+00'", day.format("%Y-%m-%d"))
 }
 
-/// Creates the partition of `day`, moving that day's rows out of the
-/// DEFAULT partition (one transaction; a concurrent creator makes this
-/// one fail harmlessly, and the next run sees the partition).
-async fn create_partition(client: &Client, day: NaiveDate) -> Result<(), String> {
+/// Creates the partition of `day` inside the caller's transaction, moving
+/// that day's rows out of the DEFAULT partition (locked first, so that no
+/// row of that day lands there in between).
+async fn create_partition(tx: &impl GenericClient, day: NaiveDate) -> Result<(), String> {
     let next = day
         .checked_add_days(Days::new(1))
         .ok_or_else(|| format!("no day after {day}"))?;
     let (name, from, to) = (partition_name(day), day_start(day), day_start(next));
     let sql = format!(
-        "BEGIN;
+        "LOCK TABLE {DEFAULT_PARTITION} IN ACCESS EXCLUSIVE MODE;
          CREATE TABLE IF NOT EXISTS {name} (LIKE {RAW_TABLE} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
          WITH moved AS (
              DELETE FROM {DEFAULT_PARTITION} WHERE time >= {from} AND time < {to} RETURNING *
          ) INSERT INTO {name} SELECT * FROM moved;
-         ALTER TABLE {RAW_TABLE} ATTACH PARTITION {name} FOR VALUES FROM ({from}) TO ({to});
-         COMMIT;"
+         ALTER TABLE {RAW_TABLE} ATTACH PARTITION {name} FOR VALUES FROM ({from}) TO ({to});"
     );
-    if let Err(err) = client.batch_execute(&sql).await {
-        let _ = client.batch_execute("ROLLBACK").await;
-        return Err(format!("creating partition {name}: {}", error_text(&err)));
-    }
-    Ok(())
+    tx.batch_execute(&sql)
+        .await
+        .map_err(|err| format!("creating partition {name}: {}", error_text(&err)))
 }
 
 /// Recomputes the current and previous hour and day; returns the roll-up

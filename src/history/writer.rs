@@ -159,7 +159,24 @@ impl HistoryWriter {
             )
             .await
             {
-                Ok(c) => link.client = Some(c),
+                Ok(mut c) => {
+                    // Today's partition before the first COPY: rows never
+                    // wait in the DEFAULT partition for the maintenance run.
+                    let ensured = tokio::time::timeout(
+                        WRITE_TIMEOUT,
+                        super::maintenance::ensure_partitions(&mut c),
+                    )
+                    .await;
+                    match ensured {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!("request history: {e}"),
+                        Err(_) => tracing::warn!(
+                            "request history: creating today's partition took over {} s",
+                            WRITE_TIMEOUT.as_secs()
+                        ),
+                    }
+                    link.client = Some(c);
+                }
                 Err(e) => link.failed(&format!("cannot connect: {e}")),
             }
         }
