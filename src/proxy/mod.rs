@@ -9,7 +9,8 @@
 //!   (`snapshot::upstream`), peer timeouts.
 //! - `upstream_request_filter` / `response_filter`: header rewriting.
 //! - `fail_to_connect` / `error_while_proxy`: passive ejection, retry policy.
-//! - `fail_to_proxy`: error → JSON reply; `logging`: access log, counters.
+//! - `fail_to_proxy`: error → JSON reply; `logging`: access log, counters,
+//!   request history (an owned record pushed without waiting; `history/`).
 //!
 //! Nothing here blocks, locks or does I/O besides the proxied exchange.
 
