@@ -8,7 +8,9 @@ One run, one machine, one upstream (nginx, 1 worker, small static 200):
   fg-min      wrk → FlexGate minimal → upstream       (b)
   fg-full     wrk → FlexGate full chain → upstream    (c)
   fg-redis    (d) full chain + Redis limiter          placeholder, skipped with a message
-  fg-pg       (e) full chain + Postgres history       placeholder, skipped with a message
+  fg-pg-off   (e) full chain in database mode, history off  (the reference of fg-pg)
+  fg-pg       (e) full chain + PostgreSQL request history (fresh databases on
+              127.0.0.1:5432; skipped with a message when PostgreSQL is not there)
 
 Phases: start (fresh idle RSS) → warm-up → interleaved rounds (order rotated
 each round), unpinned then pinned (wrk on CPU 0, servers on CPU 1) → fixed
@@ -54,9 +56,11 @@ def log(msg):
 
 
 class Scenario:
-    def __init__(self, key, label, port=None, kind=None, config=None, headers=(), skip=None):
+    def __init__(self, key, label, port=None, kind=None, config=None, headers=(), skip=None,
+                 database=None, admin_port=None):
         self.key, self.label, self.port, self.kind = key, label, port, kind
         self.config, self.headers, self.skip = config, list(headers), skip
+        self.database, self.admin_port = database, admin_port  # database mode (scenario e)
         self.server = None  # the Server proxying (None for direct)
 
     @property
@@ -76,9 +80,42 @@ SCENARIOS = [
     Scenario("fg-redis", "(d) full chain + Redis rate limiter",
              skip="placeholder, not in the bench yet (needs Redis on 127.0.0.1:6379 and a "
                   "`rateLimit.backend: redis` config)"),
-    Scenario("fg-pg", "(e) full chain + PostgreSQL request history",
-             skip="placeholder, request history to PostgreSQL does not exist yet"),
+    # (e): the full chain in database mode, request history off and on, side by side.
+    Scenario("fg-pg-off", "(e) full chain, database mode, history off", 18085, "flexgate",
+             os.path.join(BENCH, "flexgate-history-off.yaml"), headers=[f"X-API-Key: {API_KEY}"],
+             database="flexgate_bench_history_off", admin_port=18195),
+    Scenario("fg-pg", "(e) full chain + PostgreSQL request history", 18084, "flexgate",
+             os.path.join(BENCH, "flexgate-history-on.yaml"), headers=[f"X-API-Key: {API_KEY}"],
+             database="flexgate_bench_history_on", admin_port=18194),
 ]
+
+
+def prepare_database(name):
+    """A fresh, empty database on the local PostgreSQL; None, or why not."""
+    if not shutil.which("psql"):
+        return "psql not found (needs PostgreSQL on 127.0.0.1:5432, user postgres)"
+    p = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+                        "-q", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", "-c", f"CREATE DATABASE {name}"],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "PGCONNECT_TIMEOUT": "3"})
+    if p.returncode != 0:
+        return f"PostgreSQL not reachable at 127.0.0.1:5432 ({p.stderr.strip()[:200]})"
+    return None
+
+
+def history_counters(sc):
+    """flexgate_history_* counters of a database-mode scenario (summed over labels)."""
+    out = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{sc.admin_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("flexgate_history_"):
+            name, _, value = line.rpartition(" ")
+            key = name.split("{")[0][len("flexgate_history_"):]
+            out[key] = out.get(key, 0) + int(float(value))
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -641,6 +678,26 @@ def render(args, data):
     target("Upstream connection reuse (FlexGate, worst of b/c)",
            f"{min(reuses) * 100:.2f} %" if reuses else "—", "≥ 99 %",
            None if not reuses else min(reuses) >= 0.99)
+    po, pw = un.get("fg-pg-off", {}), un.get("fg-pg", {})
+    hist_ratios = [w / o for w, o in zip(pw.get("ratios") or [], po.get("ratios") or []) if o]
+    hist_ratio = statistics.median(hist_ratios) if hist_ratios else None
+    target("Request history on ÷ off, throughput (e), median of rounds",
+           fmt(hist_ratio, ".3f") + "×" + (f" (rounds: {', '.join(f'{r:.3f}' for r in hist_ratios)})"
+                                           if hist_ratios else ""),
+           "≥ 0.90×", None if hist_ratio is None else hist_ratio >= 0.90)
+    ppo, ppw = pn.get("fg-pg-off", {}), pn.get("fg-pg", {})
+    pinned_hist = [w / o for w, o in zip(ppw.get("ratios") or [], ppo.get("ratios") or []) if o]
+    if pinned_hist:
+        target("Request history on ÷ off, pinned throughput (e)", f"{statistics.median(pinned_hist):.3f}×",
+               "≥ 0.90×", statistics.median(pinned_hist) >= 0.90)
+    if po.get("cpu_us") and pw.get("cpu_us"):
+        target("Request history, proxy CPU µs per request on vs off (e)",
+               f"{pw['cpu_us']:.1f} vs {po['cpu_us']:.1f} µs ({pw['cpu_us'] / po['cpu_us']:.2f}×)", "—", None)
+    hist = (data.get("history") or {}).get("fg-pg")
+    if hist:
+        target("Request history rows (e): written / dropped (queue full + failed writes)",
+               f"{hist.get('written_total', 0):,} / {hist.get('dropped_total', 0):,}", "0 dropped",
+               hist.get("dropped_total", 0) == 0)
     lines.append("| Target (issue 7) | Goal | Measured | |")
     lines.append("|---|---|---|---|")
     lines += t
@@ -664,7 +721,7 @@ def main():
     ap.add_argument("--rate-duration", type=int, help="seconds per fixed-rate run (default 10)")
     ap.add_argument("--hold-conns", type=int, help="idle keep-alive connections held for RSS (default 2000)")
     ap.add_argument("--cg-requests", help="callgrind request counts N1,N2 (default 2000,10000)")
-    ap.add_argument("--only", help="comma-separated scenario keys (direct,nginx,fg-min,fg-full)")
+    ap.add_argument("--only", help="comma-separated scenario keys (direct,nginx,fg-min,fg-full,fg-pg-off,fg-pg)")
     ap.add_argument("--no-pinned", action="store_true", help="skip the pinned (taskset) rounds")
     ap.add_argument("--rate-pinned", action="store_true",
                     help="run the fixed-rate phase pinned (oha on CPU 0, servers on CPU 1); default unpinned")
@@ -697,6 +754,10 @@ def main():
     if args.only:
         keep = set(args.only.split(",")) | {"nginx"}  # ratios need the baseline
         active = [sc for sc in active if sc.key in keep]
+    for sc in active:
+        if sc.database:
+            sc.skip = prepare_database(sc.database)
+    active = [sc for sc in active if not sc.skip]
     for sc in SCENARIOS:
         if sc.skip:
             log(f"scenario {sc.key}: skipped — {sc.skip}")
@@ -711,7 +772,8 @@ def main():
     for f in os.listdir(WORK):
         if f.endswith((".out", ".log", ".pid", ".sock", ".txt")) or f.startswith("callgrind."):
             os.remove(os.path.join(WORK, f))
-    busy = [p for p in (UPSTREAM_PORT, STATUS_PORT, 18081, 18082, 18083) if not port_free(p)]
+    busy = [p for p in (UPSTREAM_PORT, STATUS_PORT, 18081, 18082, 18083, 18084, 18085, 18194, 18195)
+            if not port_free(p)]
     if busy:
         raise SystemExit(f"ports in use on 127.0.0.1: {busy} (a previous run still alive?)")
     # raise the fd limit for 2,000 held connections and for the servers started here
@@ -738,6 +800,10 @@ def main():
         for sc in active:
             if sc.kind == "nginx":
                 sc.server = start_nginx("nginx-proxy", sc.config, sc.port)
+            elif sc.kind == "flexgate" and sc.database:
+                conf = os.path.join(WORK, os.path.basename(sc.config))
+                shutil.copy(sc.config, conf)  # the node's config cache is written next to its config
+                sc.server = start_flexgate(sc.key, conf, sc.port)
             elif sc.kind == "flexgate":
                 sc.server = start_flexgate(sc.key, sc.config, sc.port)
             if sc.server:
@@ -771,6 +837,9 @@ def main():
                     data["fixed"], data["rate_tool"] = fixed_rate_phase(active, args, pin=True)
             finally:
                 set_affinity(servers, f"0-{cpus - 1}")
+        data["history"] = {sc.key: history_counters(sc) for sc in active if sc.database and sc.server}
+        for k, v in data["history"].items():
+            log(f"request history {k}: {v}")
         if not args.no_fixed_rate and "fixed" not in data:
             data["fixed"], data["rate_tool"] = fixed_rate_phase(active, args, pin=False)
         if not args.no_memory:

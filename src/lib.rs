@@ -7,6 +7,7 @@
 //! - [`reload`] — the single writer of the live snapshot (SIGHUP, file change);
 //! - [`proxy`] — the Pingora data plane (hygiene, routing, auth, upstreams, errors);
 //! - [`health`] — active health checks;
+//! - [`history`] — request history in PostgreSQL (queue, writer, roll-ups);
 //! - [`accesslog`] / [`logging`] — structured access log and log set-up;
 //! - [`server`] — process assembly; [`cli`] — the command line.
 
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod health;
+pub mod history;
 pub mod jwt;
 pub mod keys;
 pub mod limit;

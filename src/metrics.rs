@@ -53,6 +53,14 @@ pub struct Metrics {
     log_dropped: IntCounter,
     pub breaker_transitions: IntCounterVec,
     dependency_up: IntGaugeVec,
+    /// Request-history rows stored in PostgreSQL.
+    pub history_written: IntCounter,
+    /// Request-history records dropped because the queue was full.
+    pub history_dropped_queue_full: IntCounter,
+    /// Request-history rows dropped with a batch the database did not take.
+    pub history_dropped_write_failed: IntCounter,
+    /// Request-history batches the database did not take.
+    pub history_failed_batches: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -112,7 +120,25 @@ pub fn metrics() -> &'static Metrics {
             "Upstream connections used, new or reused from the pool.",
             &["kind"],
         );
+        let history_dropped = counter_vec(
+            &r,
+            "flexgate_history_dropped_total",
+            "Request-history records dropped, by reason (queue_full, write_failed).",
+            &["reason"],
+        );
         Metrics {
+            history_written: counter(
+                &r,
+                "flexgate_history_written_total",
+                "Request-history rows written to PostgreSQL.",
+            ),
+            history_dropped_queue_full: history_dropped.with_label_values(&["queue_full"]),
+            history_dropped_write_failed: history_dropped.with_label_values(&["write_failed"]),
+            history_failed_batches: counter(
+                &r,
+                "flexgate_history_failed_batches_total",
+                "Request-history batches PostgreSQL did not take (their rows are dropped).",
+            ),
             upstream_conn_new: connections.with_label_values(&["new"]),
             upstream_conn_reused: connections.with_label_values(&["reused"]),
             requests: counter_vec(

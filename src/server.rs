@@ -9,6 +9,8 @@
 
 use crate::config::BootConfig;
 use crate::health::HealthChecker;
+use crate::history::maintenance::HistoryMaintenance;
+use crate::history::writer::HistoryWriter;
 use crate::limit::redis::{RedisLimiter, RedisLimiterService};
 use crate::proxy::edge::{ConnCounters, EdgeApp};
 use crate::proxy::{Gateway, ProxyStats};
@@ -38,19 +40,11 @@ pub struct StartOptions {
 
 fn proxy_service(
     server: &Server,
-    handle: &Arc<ConfigHandle>,
     boot: &BootConfig,
-    stats: &Arc<ProxyStats>,
     counters: &Arc<ConnCounters>,
-    redis: &Option<Arc<RedisLimiter>>,
-    tls: bool,
+    gateway: Gateway,
 ) -> Service<EdgeApp> {
-    let gateway = Gateway {
-        config: handle.clone(),
-        redis: redis.clone(),
-        stats: stats.clone(),
-        tls,
-    };
+    let tls = gateway.tls;
     let mut proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
     let mut opts = HttpServerOptions::default();
     opts.keepalive_request_limit = Some(boot.keepalive_requests);
@@ -300,8 +294,32 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
             },
         ));
     }
+    // Request history is a boot setting: read once at start.
+    let history_settings = crate::history::Settings::resolve(&file, database.as_deref());
+    crate::history::set_recording(history_settings.is_some());
+    let history = history_settings.map(|settings| {
+        let (sink, queue) = crate::history::queue(settings.queue_size);
+        server.add_service(background_service(
+            "request history maintenance",
+            HistoryMaintenance {
+                settings: settings.clone(),
+            },
+        ));
+        server.add_service(background_service(
+            "request history writer",
+            HistoryWriter::new(settings, queue),
+        ));
+        sink
+    });
     let counters = Arc::new(ConnCounters::default());
-    let mut plain = proxy_service(&server, &handle, &boot, &stats, &counters, &redis, false);
+    let gateway = |tls: bool| Gateway {
+        config: handle.clone(),
+        redis: redis.clone(),
+        stats: stats.clone(),
+        tls,
+        history: history.clone(),
+    };
+    let mut plain = proxy_service(&server, &boot, &counters, gateway(false));
     for addr in &boot.listen {
         // Pingora's default 64 KiB read buffer per connection makes idle
         // keep-alive connections expensive (2,000 of them: ~165 MB). Request
@@ -313,7 +331,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     }
     server.add_service(plain);
     if let Some(tls) = &boot.tls {
-        let mut secure = proxy_service(&server, &handle, &boot, &stats, &counters, &redis, true);
+        let mut secure = proxy_service(&server, &boot, &counters, gateway(true));
         if let Some(settings) = tls_settings.take() {
             secure.add_tls_with_settings(&tls.listen, None, settings);
         }

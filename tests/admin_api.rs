@@ -838,6 +838,23 @@ async fn sessions_for_browsers_with_csrf_protection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_history_needs_database_mode_and_names_a_bad_parameter() {
+    let e = env();
+    let r = get(&e.st, "/api/metrics/history").await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"], "not_database_mode");
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("DATABASE_URL"));
+    let r = get(&e.st, "/api/metrics/history?to=soon").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["details"][0]["path"], "to");
+    let r = get(&e.st, "/api/metrics/history?limit=5").await;
+    assert_eq!(r.status, 400, "unknown parameters are refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_describes_every_endpoint() {
     let e = env();
     let r = get(&e.st, "/api/openapi.json").await;
@@ -876,6 +893,7 @@ async fn openapi_describes_every_endpoint() {
         ("/api/metrics", "get"),
         ("/api/stream/metrics", "get"),
         ("/api/stream/alerts", "get"),
+        ("/api/metrics/history", "get"),
         ("/api/openapi.json", "get"),
     ];
     let paths = doc["paths"].as_object().unwrap();

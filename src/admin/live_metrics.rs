@@ -1,5 +1,6 @@
 //! Live metrics: `GET /api/metrics` (this node's summary, see
-//! [`crate::live`]) and two Server-Sent Event streams.
+//! [`crate::live`]; with `from`/`to`, the request history's roll-ups) and
+//! two Server-Sent Event streams.
 //!
 //! - `GET /api/stream/metrics[?interval=N]`: `event: connected` first, then
 //!   `event: metrics` with this node's summary every `N` seconds (1–60,
@@ -74,13 +75,26 @@ impl Drop for StreamSlot {
 }
 
 #[utoipa::path(get, path = "/api/metrics", tag = "metrics",
+    params(super::history::HistoryParams),
     responses(
-        (status = 200, description = "This node's live summary", body = crate::live::Summary),
+        (status = 200, description = "Without parameters: this node's live summary. With `from`, `to` or `granularity`: the request history's roll-ups, as GET /api/metrics/history (database mode)",
+            content((crate::live::Summary = "application/json"), (super::history::HistoryBody = "application/json"))),
+        (status = 400, description = "A malformed or out-of-range parameter (named)", body = super::api::ErrorBody),
         (status = 401, description = "No or wrong credentials", body = super::api::ErrorBody),
+        (status = 409, description = "History asked for, not in database mode", body = super::api::ErrorBody),
+        (status = 503, description = "History asked for, the database is unavailable", body = super::api::ErrorBody),
     ),
     security(("bearer" = []), ("session" = [])))]
-pub async fn summary() -> Response {
-    Json(crate::live::stats().summary()).into_response()
+pub async fn summary(
+    State(state): State<AdminState>,
+    params: Result<Query<super::history::HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    if params.from.is_none() && params.to.is_none() && params.granularity.is_none() {
+        return Ok(Json(crate::live::stats().summary()).into_response());
+    }
+    Ok(Json(super::history::history_range(&state, &params).await?).into_response())
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

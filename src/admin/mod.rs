@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod config_io;
+pub mod history;
 pub mod keys;
 pub mod live_metrics;
 pub mod openapi;
@@ -448,6 +449,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/api/metrics", get(live_metrics::summary))
         .route("/api/stream/metrics", get(live_metrics::stream_metrics))
         .route("/api/stream/alerts", get(live_metrics::stream_alerts))
+        .route("/api/metrics/history", get(history::metrics_history))
         .route("/api/openapi.json", get(openapi::serve))
         .route("/api/session", axum::routing::delete(end_session))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));

@@ -3,7 +3,7 @@
 //! (their doc comments are the descriptions), so it cannot drift from the
 //! code.
 
-use super::{config_io, keys, live_metrics, resources};
+use super::{config_io, history, keys, live_metrics, resources};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -79,6 +79,7 @@ impl Modify for ClosedObjects {
         keys::list_keys, keys::get_key, keys::create_key, keys::revoke_key,
         config_io::export, config_io::import, config_io::logs,
         live_metrics::summary, live_metrics::stream_metrics, live_metrics::stream_alerts,
+        history::metrics_history,
         serve,
     ),
     modifiers(&Security, &ClosedObjects),
@@ -89,6 +90,7 @@ impl Modify for ClosedObjects {
         (name = "webhooks", description = "Event subscriptions"),
         (name = "config", description = "Export and import of the whole dynamic config"),
         (name = "audit", description = "Who changed what"),
+        (name = "metrics", description = "Request history roll-ups (database mode)"),
         (name = "session", description = "Browser sign-in"),
         (name = "metrics", description = "Live summary and event streams (Server-Sent Events)"),
         (name = "health", description = "Probes and metrics (no credentials by default)"),

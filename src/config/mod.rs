@@ -218,6 +218,7 @@ impl FileConfig {
             database: _,
             redis: _,
             nats: _,
+            history: _,
         } = self;
         DynamicConfig {
             defaults: ProxyDefaults {

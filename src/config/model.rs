@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub database: Option<UrlSection>,
     pub redis: Option<UrlSection>,
     pub nats: Option<UrlSection>,
+    /// Request history in PostgreSQL (database mode; boot setting).
+    pub history: Option<HistorySection>,
 }
 
 /// `listen: "0.0.0.0:3000"` or `listen: ["0.0.0.0:3000", "[::]:3000"]`.
@@ -275,6 +277,31 @@ pub struct PerRouteLimit {
 #[serde(rename_all = "camelCase", default)]
 pub struct UrlSection {
     pub url: Option<String>,
+}
+
+/// `history:` — every proxied request recorded in PostgreSQL, with hourly
+/// and daily roll-ups (database mode only; a boot setting, read at start).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HistorySection {
+    /// Record requests. Default true in database mode (`DATABASE_URL` or
+    /// `database.url`); without a database there is nowhere to record.
+    pub enabled: Option<bool>,
+    /// Records waiting for the writer; when full, new records are dropped
+    /// and counted (`flexgate_history_dropped_total`). Default 50000.
+    pub queue_size: Option<usize>,
+    /// Rows per binary COPY. Default 1000.
+    pub batch_size: Option<usize>,
+    /// Longest time a record waits for its batch to fill. Default 500 ms.
+    pub flush_interval: Option<Millis>,
+    /// Days of raw rows kept (older day partitions are dropped). Default 7.
+    pub retention_days: Option<u32>,
+    /// Days of hourly and daily roll-ups kept. Default 90.
+    pub rollup_retention_days: Option<u32>,
+    /// Time between maintenance runs (partitions, roll-ups, retention). Default 60 s.
+    pub maintenance_interval: Option<Millis>,
+    /// This node's name in the rows. Default: the host name.
+    pub node_id: Option<String>,
 }
 
 /// One entry of `upstreams:`.

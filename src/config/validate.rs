@@ -174,6 +174,64 @@ fn check_millis(errs: &mut Vec<ConfigError>, path: String, v: Option<Millis>) {
     }
 }
 
+/// `history:` bounds (each error names its field).
+fn check_history(errs: &mut Vec<ConfigError>, h: &HistorySection) {
+    let mut range = |field: &str, value: Option<u64>, min: u64, max: u64, unit: &str| {
+        if let Some(v) = value {
+            if v < min || v > max {
+                errs.push(ConfigError::new(
+                    format!("history.{field}"),
+                    format!("must be {min}{unit}-{max}{unit} (got {v}{unit})"),
+                ));
+            }
+        }
+    };
+    range(
+        "queueSize",
+        h.queue_size.map(|v| v as u64),
+        1,
+        10_000_000,
+        "",
+    );
+    range("batchSize", h.batch_size.map(|v| v as u64), 1, 100_000, "");
+    range(
+        "flushInterval",
+        h.flush_interval.map(|m| m.0),
+        1,
+        60_000,
+        " ms",
+    );
+    range(
+        "retentionDays",
+        h.retention_days.map(u64::from),
+        1,
+        3_650,
+        "",
+    );
+    range(
+        "rollupRetentionDays",
+        h.rollup_retention_days.map(u64::from),
+        1,
+        36_500,
+        "",
+    );
+    range(
+        "maintenanceInterval",
+        h.maintenance_interval.map(|m| m.0),
+        100,
+        24 * 3_600_000,
+        " ms",
+    );
+    if let Some(id) = &h.node_id {
+        if id.trim().is_empty() || id.len() > 128 {
+            errs.push(ConfigError::new(
+                "history.nodeId",
+                "must be 1-128 characters, not blank",
+            ));
+        }
+    }
+}
+
 fn check_cidrs(errs: &mut Vec<ConfigError>, path: &str, list: &[String]) {
     for (i, c) in list.iter().enumerate() {
         if let Err(m) = parse_cidr(c) {
@@ -552,6 +610,10 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
                 ));
             }
         }
+    }
+
+    if let Some(h) = &cfg.history {
+        check_history(e, h);
     }
 
     // upstreams
@@ -966,6 +1028,29 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_bounds_name_their_field() {
+        let cfg = crate::config::parse(
+            "history:\n  queueSize: 0\n  batchSize: 100\n  flushInterval: 2m\n  \
+             retentionDays: 0\n  maintenanceInterval: 50ms\n  nodeId: \"  \"\n",
+        )
+        .expect("parses");
+        let paths: Vec<String> = validate(&cfg).into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "history.queueSize",
+                "history.flushInterval",
+                "history.retentionDays",
+                "history.maintenanceInterval",
+                "history.nodeId"
+            ]
+        );
+        let ok = crate::config::parse("history:\n  enabled: false\n  flushInterval: 1s\n")
+            .expect("parses");
+        assert!(validate(&ok).is_empty());
+    }
 
     #[test]
     fn target_urls() {

@@ -9,7 +9,8 @@
 //!   (`snapshot::upstream`), peer timeouts.
 //! - `upstream_request_filter` / `response_filter`: header rewriting.
 //! - `fail_to_connect` / `error_while_proxy`: passive ejection, retry policy.
-//! - `fail_to_proxy`: error → JSON reply; `logging`: access log, counters.
+//! - `fail_to_proxy`: error → JSON reply; `logging`: access log, counters,
+//!   request history (an owned record pushed without waiting; `history/`).
 //!
 //! Nothing here blocks, locks or does I/O besides the proxied exchange.
 
@@ -99,6 +100,8 @@ pub struct Gateway {
     pub stats: Arc<ProxyStats>,
     /// True on the TLS listener's instance (sets `X-Forwarded-Proto`).
     pub tls: bool,
+    /// The request-history queue (database mode with `history.enabled`).
+    pub history: Option<crate::history::HistorySink>,
 }
 
 impl Gateway {
@@ -117,6 +120,39 @@ impl Gateway {
         }
         respond::send(session, ctx, reply).await?;
         Ok(true)
+    }
+
+    /// The owned request-history row of a finished request.
+    fn history_record(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        status: u16,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) -> crate::history::HistoryRecord {
+        let req = session.req_header();
+        let duration = ctx.start.elapsed();
+        crate::history::HistoryRecord {
+            time: std::time::SystemTime::now()
+                .checked_sub(duration)
+                .unwrap_or_else(std::time::SystemTime::now),
+            method: req.method.clone(),
+            path: crate::history::HistoryRecord::stored_path(req.uri.path()),
+            route_id: ctx.route.as_ref().map(|r| r.id.clone()),
+            upstream: ctx.route.as_ref().map(|r| r.upstream.name.clone()),
+            status,
+            duration,
+            client_ip: ctx.client_ip,
+            user_agent: req
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(crate::history::HistoryRecord::stored_user_agent),
+            bytes_in,
+            bytes_out,
+            request_id: ctx.request_id.clone(),
+        }
     }
 
     fn release_target(&self, ctx: &mut RequestCtx) {
@@ -1042,6 +1078,9 @@ impl ProxyHttp for Gateway {
             status,
             ctx.start.elapsed(),
         );
+        if let Some(history) = &self.history {
+            history.record(self.history_record(session, ctx, status, bytes_in, bytes_out));
+        }
         let Some(snap) = ctx.snap.as_ref() else {
             return;
         };

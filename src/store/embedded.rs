@@ -179,6 +179,7 @@ pub fn merge_dynamic(file: FileConfig, dynamic: &config::DynamicConfig) -> FileC
         database: file.database,
         redis: file.redis,
         nats: file.nats,
+        history: file.history,
         ..d
     }
 }

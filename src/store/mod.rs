@@ -173,6 +173,12 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// The PostgreSQL store, in database mode (what only lives there, such
+    /// as the request history, is read through it).
+    fn postgres(&self) -> Option<&postgres::PgStore> {
+        None
+    }
 }
 
 /// Replaces `path` with `bytes` so that a crash at any moment leaves the old

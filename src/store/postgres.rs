@@ -12,6 +12,8 @@
 //! | `settings` | `proxy` (the reloadable proxy defaults), `security`, `rateLimit`, `logging` | `name` |
 //! | `config_version` | one row: the version of the whole state, and when it changed | — |
 //! | `audit_log` | one per audit entry, with the version it produced | `id` (assigned by the database) |
+//! | `flexgate_request_log` (V2) | one per proxied request, partitioned by day; written by `history::writer` | — |
+//! | `flexgate_request_stats_hourly` / `_daily` (V2) | roll-ups per bucket and route, written by `history::maintenance` | `(bucket, route_id)` |
 //!
 //! Lists keep their order in a `position` column (route order matters).
 //! Bodies are the camelCase JSON of the config model, so [`Store::load`]
@@ -105,11 +107,18 @@ struct Migration {
 }
 
 /// Every migration, in version order (`migrations/V<n>__<name>.sql`).
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "config_store",
-    sql: include_str!("../../migrations/V1__config_store.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "config_store",
+        sql: include_str!("../../migrations/V1__config_store.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "request_history",
+        sql: include_str!("../../migrations/V2__request_history.sql"),
+    },
+];
 
 /// The newest schema version this binary knows.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -303,6 +312,26 @@ impl PgStore {
             m.name
         );
         Ok(Step::Applied(m.version))
+    }
+
+    /// The request-history roll-ups overlapping `[from, to)` (bounded like
+    /// every store call).
+    pub async fn history_rollups(
+        &self,
+        granularity: crate::history::rollups::Granularity,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::history::rollups::RollupRow>, StoreError> {
+        let c = self.client().await?;
+        let out = self
+            .bounded(OP_TIMEOUT, async {
+                crate::history::rollups::read(&c, granularity, from, to)
+                    .await
+                    .map_err(|e| self.pg_error("request history", e))
+            })
+            .await;
+        self.release(c, &out);
+        out
     }
 
     /// A pooled connection (bounded by the pool timeouts).
@@ -825,6 +854,10 @@ impl Store for PgStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         PgStore::ping(self).await
+    }
+
+    fn postgres(&self) -> Option<&PgStore> {
+        Some(self)
     }
 
     async fn load(&self) -> Result<Option<Versioned>, StoreError> {
