@@ -7,7 +7,8 @@ One run, one machine, one upstream (nginx, 1 worker, small static 200):
   nginx       wrk → nginx reverse proxy → upstream    (a) the baseline
   fg-min      wrk → FlexGate minimal → upstream       (b)
   fg-full     wrk → FlexGate full chain → upstream    (c)
-  fg-redis    (d) full chain + Redis limiter          placeholder, skipped with a message
+  fg-redis    (d) full chain, the rate limit decided in Redis (127.0.0.1:6379;
+              skipped with a message when Redis is not there)
   fg-pg-off   (e) full chain in database mode, history off  (the reference of fg-pg)
   fg-pg       (e) full chain + PostgreSQL request history (fresh databases on
               127.0.0.1:5432; skipped with a message when PostgreSQL is not there)
@@ -57,10 +58,11 @@ def log(msg):
 
 class Scenario:
     def __init__(self, key, label, port=None, kind=None, config=None, headers=(), skip=None,
-                 database=None, admin_port=None):
+                 database=None, admin_port=None, redis=False):
         self.key, self.label, self.port, self.kind = key, label, port, kind
         self.config, self.headers, self.skip = config, list(headers), skip
         self.database, self.admin_port = database, admin_port  # database mode (scenario e)
+        self.redis = redis  # needs Redis on 127.0.0.1:6379 (scenario d)
         self.server = None  # the Server proxying (None for direct)
 
     @property
@@ -76,10 +78,9 @@ SCENARIOS = [
              os.path.join(BENCH, "flexgate-minimal.yaml")),
     Scenario("fg-full", "(c) FlexGate full chain", 18083, "flexgate",
              os.path.join(BENCH, "flexgate-full.yaml"), headers=[f"X-API-Key: {API_KEY}"]),
-    # Placeholders: listed in every report, skipped with this message.
-    Scenario("fg-redis", "(d) full chain + Redis rate limiter",
-             skip="placeholder, not in the bench yet (needs Redis on 127.0.0.1:6379 and a "
-                  "`rateLimit.backend: redis` config)"),
+    Scenario("fg-redis", "(d) full chain + Redis rate limiter", 18086, "flexgate",
+             os.path.join(BENCH, "flexgate-redis.yaml"), headers=[f"X-API-Key: {API_KEY}"],
+             redis=True),
     # (e): the full chain in database mode, request history off and on, side by side.
     Scenario("fg-pg-off", "(e) full chain, database mode, history off", 18085, "flexgate",
              os.path.join(BENCH, "flexgate-history-off.yaml"), headers=[f"X-API-Key: {API_KEY}"],
@@ -88,6 +89,18 @@ SCENARIOS = [
              os.path.join(BENCH, "flexgate-history-on.yaml"), headers=[f"X-API-Key: {API_KEY}"],
              database="flexgate_bench_history_on", admin_port=18194),
 ]
+
+
+def redis_missing():
+    """None when Redis answers PING on 127.0.0.1:6379, else why not."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return None
+            return "Redis at 127.0.0.1:6379 did not answer PING"
+    except OSError as e:
+        return f"Redis not reachable at 127.0.0.1:6379 ({e})"
 
 
 def prepare_database(name):
@@ -757,6 +770,8 @@ def main():
     for sc in active:
         if sc.database:
             sc.skip = prepare_database(sc.database)
+        if sc.redis:
+            sc.skip = redis_missing()
     active = [sc for sc in active if not sc.skip]
     for sc in SCENARIOS:
         if sc.skip:
@@ -772,7 +787,8 @@ def main():
     for f in os.listdir(WORK):
         if f.endswith((".out", ".log", ".pid", ".sock", ".txt")) or f.startswith("callgrind."):
             os.remove(os.path.join(WORK, f))
-    busy = [p for p in (UPSTREAM_PORT, STATUS_PORT, 18081, 18082, 18083, 18084, 18085, 18194, 18195)
+    busy = [p for p in (UPSTREAM_PORT, STATUS_PORT, 18081, 18082, 18083, 18084, 18085, 18086, 18194,
+                        18195, 18196)
             if not port_free(p)]
     if busy:
         raise SystemExit(f"ports in use on 127.0.0.1: {busy} (a previous run still alive?)")
