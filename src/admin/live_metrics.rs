@@ -74,11 +74,20 @@ impl Drop for StreamSlot {
     }
 }
 
+/// The answer of `GET /api/metrics`: the live summary, or (with a range)
+/// the request history. Documentation only: the handler sends either as is.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum MetricsAnswer {
+    Live(crate::live::Summary),
+    History(super::history::HistoryBody),
+}
+
 #[utoipa::path(get, path = "/api/metrics", tag = "metrics",
     params(super::history::HistoryParams),
     responses(
         (status = 200, description = "Without parameters: this node's live summary. With `from`, `to` or `granularity`: the request history's roll-ups, as GET /api/metrics/history (database mode)",
-            content((crate::live::Summary = "application/json"), (super::history::HistoryBody = "application/json"))),
+            body = MetricsAnswer),
         (status = 400, description = "A malformed or out-of-range parameter (named)", body = super::api::ErrorBody),
         (status = 401, description = "No or wrong credentials", body = super::api::ErrorBody),
         (status = 409, description = "History asked for, not in database mode", body = super::api::ErrorBody),
