@@ -214,9 +214,19 @@ fn check_listen_addresses(boot: &crate::config::BootConfig) -> Result<(), String
     wanted.push(("admin.listen", boot.admin_listen.to_string()));
     for (field, addr) in wanted {
         // std's listener sets SO_REUSEADDR as Pingora's does, so sockets
-        // lingering in TIME_WAIT are no obstacle here either.
-        if let Err(e) = std::net::TcpListener::bind(&addr) {
-            return Err(format!("{field}: cannot listen on {addr}: {e}"));
+        // lingering in TIME_WAIT are no obstacle here either. A port held
+        // for a moment (say, by an outgoing connection's local end) gets
+        // up to 5 s to come free, as Pingora would give it.
+        let mut tries = 0;
+        loop {
+            match std::net::TcpListener::bind(&addr) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(format!("{field}: cannot listen on {addr}: {e}")),
+            }
         }
     }
     Ok(())

@@ -435,18 +435,19 @@ pub fn raw(port: u16, bytes: &[u8]) -> std::io::Result<Response> {
     c.read(false)
 }
 
-/// A port nothing listens on, never handed out twice in this test process:
-/// the kernel reuses a released port soon, and tests run in parallel.
+/// A port nothing listens on, never handed out twice in this test process
+/// (tests run in parallel), and below Linux's ephemeral range
+/// (32768–60999), so no outgoing connection takes it before the server
+/// under test binds it.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = fastrand::u16(20_000..32_000);
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }
