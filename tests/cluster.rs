@@ -18,14 +18,6 @@ use std::time::{Duration, Instant};
 const AUTH: (&str, &str) = ("Authorization", "Bearer test-admin-token");
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
-fn skip_or_fail(what: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} (CI=true: required)");
-    }
-    let msg = format!("\n*** SKIPPED: {what} ***\n");
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
-}
-
 fn sql(port: u16, db: &str, statement: &str) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

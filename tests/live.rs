@@ -18,14 +18,6 @@ use std::time::{Duration, Instant};
 
 const AUTH: (&str, &str) = ("Authorization", "Bearer test-admin-token");
 
-fn skip_or_fail(what: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} (CI=true: required)");
-    }
-    let msg = format!("\n*** SKIPPED: {what} ***\n");
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
-}
-
 /// A Server-Sent Events client over a raw socket (chunked body decoded).
 struct SseClient {
     reader: BufReader<TcpStream>,

@@ -211,22 +211,7 @@ pub(crate) async fn connect(
 }
 
 /// A driver error with its causes (the server's own message when it sent one).
-pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} [SQLSTATE {}]", db.message(), db.code().code());
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    text
-}
+pub(crate) use crate::store::postgres::pg_message as error_text;
 
 #[cfg(test)]
 mod tests {

@@ -829,7 +829,7 @@ fn describe(cfg: &tokio_postgres::Config) -> String {
 /// A driver error's message (the database's own words when it has them,
 /// else the error and its causes: `error connecting to server: Connection
 /// refused (os error 111)`).
-fn pg_message(e: &tokio_postgres::Error) -> String {
+pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} [SQLSTATE {}]", db.message(), db.code().code());
     }

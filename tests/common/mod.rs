@@ -671,3 +671,13 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A required service is missing: outside CI, skip the test with a loud
+/// message; with `CI=true`, fail it.
+pub fn skip_or_fail(what: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} (CI=true: required)");
+    }
+    let msg = format!("\n*** SKIPPED: {what} ***\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+}
