@@ -200,6 +200,7 @@ pub struct ProxyDefaults {
     pub via_name: Option<String>,
     pub health_endpoints: Option<bool>,
     pub max_in_flight: Option<usize>,
+    pub paths: model::PathsSection,
 }
 
 impl FileConfig {
@@ -234,6 +235,7 @@ impl FileConfig {
                 via_name: proxy.via_name.clone(),
                 health_endpoints: proxy.health_endpoints,
                 max_in_flight: proxy.max_in_flight,
+                paths: proxy.paths.clone(),
             },
             security: security.clone(),
             rate_limit: rate_limit.clone(),
@@ -268,6 +270,7 @@ impl DynamicConfig {
                 via_name: d.via_name.clone(),
                 health_endpoints: d.health_endpoints,
                 max_in_flight: d.max_in_flight,
+                paths: d.paths.clone(),
                 ..ProxySection::default()
             },
             security: self.security.clone(),

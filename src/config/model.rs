@@ -86,6 +86,41 @@ pub struct ProxySection {
     pub via_name: Option<String>,
     /// Requests in flight over all routes before shedding (503). Default 10000.
     pub max_in_flight: Option<usize>,
+    /// How request paths are canonicalised before routing (reloadable).
+    pub paths: PathsSection,
+}
+
+/// `proxy.paths:` — the canonical request path (see the README's "Security
+/// model"). The defaults refuse every ambiguous spelling.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PathsSection {
+    /// Merge repeated slashes (`//a` → `/a`). Default true.
+    pub merge_slashes: Option<bool>,
+    /// `%2F` in a path: `refuse` (400, default) or `keep` (forwarded as is;
+    /// an upstream that decodes it sees segments the router did not).
+    pub escaped_slashes: Option<EscapedSlashesMode>,
+    /// `;` parameters in path segments: `refuse` (400, default) or
+    /// `ignoreForMatching` (forwarded; routes match the path without them).
+    pub path_parameters: Option<PathParametersMode>,
+}
+
+/// `proxy.paths.escapedSlashes`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EscapedSlashesMode {
+    #[default]
+    Refuse,
+    Keep,
+}
+
+/// `proxy.paths.pathParameters`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PathParametersMode {
+    #[default]
+    Refuse,
+    IgnoreForMatching,
 }
 
 /// `proxy.tls:` — a TLS listener with one certificate.

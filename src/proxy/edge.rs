@@ -206,6 +206,43 @@ async fn refuse(mut stream: Stream, reason: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
+/// True when the previous exchange left the first bytes of a pipelined
+/// request in `settings` (the next request is already here: no idle wait).
+/// Pingora keeps that field private; its `Debug` output names it, and is
+/// scanned here without allocating.
+fn has_pipelined_request(settings: &HttpPersistentSettings) -> bool {
+    use std::fmt::Write;
+    const NEEDLE: &[u8] = b"pipelined_prefix: Some";
+    struct Scan {
+        matched: usize,
+        found: bool,
+    }
+    impl Write for Scan {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for &b in s.as_bytes() {
+                if self.found {
+                    return Err(std::fmt::Error); // stop formatting early
+                }
+                if b == NEEDLE[self.matched] {
+                    self.matched += 1;
+                    if self.matched == NEEDLE.len() {
+                        self.found = true;
+                    }
+                } else {
+                    self.matched = usize::from(b == NEEDLE[0]);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut scan = Scan {
+        matched: 0,
+        found: false,
+    };
+    let _ = write!(scan, "{settings:?}");
+    scan.found
+}
+
 #[async_trait]
 impl ServerApp for EdgeApp {
     async fn process_new(
@@ -245,7 +282,8 @@ impl ServerApp for EdgeApp {
         let mut first = true;
         loop {
             let mut deadline = self.header_timeout;
-            if !first {
+            let pipelined = settings.as_ref().is_some_and(has_pipelined_request);
+            if !first && !pipelined {
                 // Idle keep-alive: wait for the next request's first byte,
                 // but not past the start of a shutdown.
                 if *shutdown.borrow() {
@@ -263,6 +301,9 @@ impl ServerApp for EdgeApp {
                 }
             }
             let mut session = ServerSession::new_http1(stream);
+            // Pipelined requests are answered in order, each through the
+            // whole chain (RFC 9112 §9.3.2), as nginx does.
+            session.set_pipelining_enabled(true);
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             } else {
@@ -318,6 +359,26 @@ impl ServerApp for EdgeApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pipelined_request_is_seen_in_the_settings() {
+        use bytes::BytesMut;
+        let session = ServerSession::new_http1(Box::new(tokio_test_stream()));
+        let mut settings = HttpPersistentSettings::for_session(&session);
+        assert!(!has_pipelined_request(&settings));
+        settings.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
+        assert!(has_pipelined_request(&settings));
+    }
+
+    fn tokio_test_stream() -> tokio::net::UnixStream {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (a, _b) = rt.block_on(async { tokio::net::UnixStream::pair().unwrap() });
+        std::mem::forget(rt);
+        a
+    }
 
     #[test]
     fn caps_are_enforced_and_released() {

@@ -14,6 +14,7 @@
 //!
 //! Nothing here blocks, locks or does I/O besides the proxied exchange.
 
+pub mod canonical;
 pub mod edge;
 pub mod hygiene;
 pub mod respond;
@@ -90,6 +91,9 @@ pub struct RequestCtx {
     pub rate: Option<(Decision, Arc<LimitRule>)>,
     /// Verified JWT (claims to forward).
     pub jwt: Option<crate::jwt::Verified>,
+    /// The path routes match when it differs from the canonical path
+    /// (`proxy.paths.pathParameters: ignoreForMatching`).
+    pub match_path: Option<String>,
 }
 
 /// The gateway service.
@@ -120,6 +124,53 @@ impl Gateway {
         }
         respond::send(session, ctx, reply).await?;
         Ok(true)
+    }
+
+    /// Rewrites the request target to its canonical form (`canonical.rs`).
+    /// `Some` is the finished exchange when the target was refused or
+    /// answered here (`OPTIONS *`).
+    async fn canonicalise_target(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snap: &Snapshot,
+    ) -> Result<Option<Result<bool>>> {
+        let req = session.req_header();
+        let (rewritten, authority) =
+            match canonical::canonicalise(req.raw_path(), &req.method, &snap.paths) {
+                Ok(canonical::Target::Path {
+                    rewritten,
+                    authority,
+                    match_path,
+                }) => {
+                    ctx.match_path = match_path;
+                    (rewritten, authority.map(HeaderValue::from_str))
+                }
+                Ok(canonical::Target::Asterisk) => {
+                    ctx.status = 200;
+                    let mut resp = ResponseHeader::build(200, Some(3))?;
+                    resp.insert_header("allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")?;
+                    resp.insert_header("content-length", "0")?;
+                    resp.insert_header("x-request-id", ctx.request_id.clone())?;
+                    session.write_response_header(Box::new(resp), true).await?;
+                    return Ok(Some(Ok(true)));
+                }
+                Err(why) => {
+                    let reply = GatewayReply::new(400, "bad_request", why.0);
+                    return Ok(Some(self.reply(session, ctx, reply).await));
+                }
+            };
+        let req = session.req_header_mut();
+        if let Some(Ok(authority)) = authority {
+            req.insert_header(header::HOST, authority)?;
+        }
+        if let Some(target) = rewritten {
+            if req.set_raw_path(target.as_bytes()).is_err() {
+                let reply = GatewayReply::new(400, "bad_request", "invalid request target");
+                return Ok(Some(self.reply(session, ctx, reply).await));
+            }
+        }
+        Ok(None)
     }
 
     /// The owned request-history row of a finished request.
@@ -306,16 +357,6 @@ fn rewrite_path(rewrite: &PathRewrite, req: &mut RequestHeader) {
     }
 }
 
-/// Dot segments (`/../`, encoded or not) are refused rather than normalised.
-fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        seg.len() <= 6
-            && ["..", ".", "%2e%2e", ".%2e", "%2e.", "%2e"]
-                .iter()
-                .any(|dot| seg.eq_ignore_ascii_case(dot))
-    })
-}
-
 fn host_of(req: &RequestHeader) -> &str {
     let raw = req
         .headers
@@ -388,6 +429,7 @@ impl ProxyHttp for Gateway {
             breaker_probe: false,
             rate: None,
             jwt: None,
+            match_path: None,
         }
     }
 
@@ -431,17 +473,11 @@ impl ProxyHttp for Gateway {
                 return self.reply(session, ctx, reply).await;
             }
         }
+        if let Some(reply) = self.canonicalise_target(session, ctx, &snap).await? {
+            return reply;
+        }
         let req = session.req_header();
         let path = req.uri.path();
-        if has_dot_segments(path) {
-            return self
-                .reply(
-                    session,
-                    ctx,
-                    GatewayReply::new(400, "bad_request", "path must not contain dot segments"),
-                )
-                .await;
-        }
         let peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -476,15 +512,24 @@ impl ProxyHttp for Gateway {
             }
         }
         let req = session.req_header();
-        let host = host_of(req);
-        let lowered;
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = host.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            host
+        let host = match req.headers.get(header::HOST) {
+            Some(h) => canonical::route_host(h.as_bytes()),
+            None if req.version == http::Version::HTTP_11 => Err(canonical::Refusal(
+                "an HTTP/1.1 request needs a Host header",
+            )),
+            None => Ok(std::borrow::Cow::Borrowed(
+                req.uri.authority().map_or("", |a| a.host()),
+            )),
         };
-        let route = match snap.router.find(host, &req.method, req.uri.path()) {
+        let host = match host {
+            Ok(h) => h,
+            Err(why) => {
+                let reply = GatewayReply::new(400, "bad_request", why.0);
+                return self.reply(session, ctx, reply).await;
+            }
+        };
+        let match_path = ctx.match_path.as_deref().unwrap_or(req.uri.path());
+        let route = match snap.router.find(&host, &req.method, match_path) {
             Match::Found(r) => r.clone(),
             Match::MethodNotAllowed(allow) => {
                 let reply = GatewayReply::new(
@@ -592,7 +637,9 @@ impl ProxyHttp for Gateway {
         let path = if snap.rate_limits.per_path.is_empty() {
             String::new()
         } else {
-            session.req_header().uri.path().to_string()
+            ctx.match_path
+                .clone()
+                .unwrap_or_else(|| session.req_header().uri.path().to_string())
         };
         if let Err(reply) = self.rate_limit(&snap, &route, &path, ctx).await {
             return self.reply(session, ctx, reply).await;

@@ -14,6 +14,7 @@ pub mod breaker;
 pub mod router;
 pub mod upstream;
 
+use crate::config::model::{EscapedSlashesMode, PathParametersMode};
 use crate::config::{LimitConfig, SsrfPolicy};
 use crate::jwt::JwtVerifier;
 use crate::keys::store::KeyFile;
@@ -157,6 +158,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<IpNet>,
     pub ip_rules: Option<IpRules>,
     pub limits: EdgeLimits,
+    /// How request paths are canonicalised (`proxy.paths`).
+    pub paths: PathPolicy,
     pub access_log: bool,
     pub success_sample: f64,
     pub error_sample: f64,
@@ -191,6 +194,24 @@ impl Snapshot {
     /// True when `ip` is a trusted proxy.
     pub fn is_trusted(&self, ip: &IpAddr) -> bool {
         self.trusted_proxies.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// How request paths are canonicalised (`proxy.paths`), read by the
+/// data plane's canonicaliser.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathPolicy {
+    /// Repeated slashes are merged (the default); false keeps them.
+    pub keep_repeated_slashes: bool,
+    pub escaped_slashes: EscapedSlashesMode,
+    pub path_parameters: PathParametersMode,
+}
+
+fn path_policy(p: &crate::config::model::PathsSection) -> PathPolicy {
+    PathPolicy {
+        keep_repeated_slashes: p.merge_slashes == Some(false),
+        escaped_slashes: p.escaped_slashes.unwrap_or_default(),
+        path_parameters: p.path_parameters.unwrap_or_default(),
     }
 }
 
@@ -681,6 +702,7 @@ pub fn compile(
             max_headers: l.max_headers.unwrap_or(100),
             max_uri_bytes: l.max_uri_bytes.map_or(8 << 10, |b| b.0 as usize),
         },
+        paths: path_policy(&cfg.defaults.paths),
         access_log: cfg.logging.access_log.unwrap_or(true),
         success_sample: sampling.success_rate.unwrap_or(1.0),
         error_sample: sampling.error_rate.unwrap_or(1.0),

@@ -44,6 +44,11 @@ impl PathPattern {
                 "{p:?} must not contain spaces, '?', '#' or non-ASCII bytes"
             ));
         }
+        if let Some(why) = non_canonical(p) {
+            return Err(format!(
+                "{p:?} {why}: requests are routed on their canonical path, so this route could never match"
+            ));
+        }
         let stars = p.matches('*').count();
         if stars == 0 {
             return Ok(PathPattern::Exact(p.to_string()));
@@ -126,6 +131,39 @@ impl PathPattern {
     }
 }
 
+/// Why a route path is not in the canonical form requests are matched in
+/// (see `proxy::canonical`), if it is not.
+fn non_canonical(p: &str) -> Option<&'static str> {
+    let b = p.as_bytes();
+    if p.contains("//") {
+        return Some("contains '//'");
+    }
+    if p.contains(';') || p.contains('\\') {
+        return Some("contains ';' or '\\'");
+    }
+    if p.split('/').any(|s| s == "." || s == "..") {
+        return Some("contains a dot segment");
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex =
+                |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c));
+            if !(hex(b.get(i + 1)) && hex(b.get(i + 2))) {
+                return Some("has a '%' not followed by two upper-case hex digits");
+            }
+            let v = u8::from_str_radix(&p[i + 1..i + 3], 16).unwrap_or(0);
+            if v.is_ascii_alphanumeric() || b"-._~".contains(&v) || v == b'/' {
+                return Some("percent-encodes a character that requests carry decoded");
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// Host pattern: exact (`api.example.com`) or suffix (`*.example.com`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostPattern {
@@ -162,12 +200,17 @@ const KNOWN: [Method; 8] = [
     Method::TRACE,
 ];
 
-/// A set of methods as a bit mask; empty list = every method.
+/// A set of methods as a bit mask; empty list = every method but `TRACE`
+/// (which reflects the request, headers and cookies included, so a route
+/// must list it to allow it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MethodSet(u16);
 
+/// Bit of `TRACE` in [`KNOWN`].
+const TRACE_BIT: u16 = 1 << 7;
+
 impl MethodSet {
-    pub const ALL: MethodSet = MethodSet(u16::MAX);
+    pub const ALL: MethodSet = MethodSet(u16::MAX & !TRACE_BIT);
 
     /// From method names; `HEAD` is implied by `GET`.
     pub fn from_names<S: AsRef<str>>(names: &[S]) -> MethodSet {
@@ -201,13 +244,6 @@ impl MethodSet {
     }
 
     fn allow_header(self) -> String {
-        if self == MethodSet::ALL {
-            return KNOWN
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
-        }
         KNOWN
             .iter()
             .enumerate()
@@ -367,6 +403,22 @@ mod tests {
         assert!(PathPattern::parse("api").is_err());
         assert!(PathPattern::parse("/a*b/c").is_err());
         assert!(PathPattern::parse("/a b").is_err());
+        for not_canonical in [
+            "/%61dmin/*",
+            "//admin",
+            "/a;b",
+            "/a/../b",
+            "/a/./b",
+            "/a%2fb",
+            "/a%2",
+            "/a%e9",
+        ] {
+            assert!(
+                PathPattern::parse(not_canonical).is_err(),
+                "{not_canonical}"
+            );
+        }
+        assert!(PathPattern::parse("/caf%C3%A9/*").is_ok());
     }
 
     #[test]
@@ -435,5 +487,15 @@ mod tests {
             Match::MethodNotAllowed("GET, HEAD, POST")
         );
         assert_eq!(r.find("x.com", &Method::GET, "/nope"), Match::NotFound);
+        // TRACE only where a route lists it.
+        let r = Router::new(vec![(rule("/*"), "all")]);
+        assert_eq!(
+            r.find("", &Method::TRACE, "/x"),
+            Match::MethodNotAllowed("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")
+        );
+        let mut trace = rule("/debug");
+        trace.methods = MethodSet::from_names(&["TRACE"]);
+        let r = Router::new(vec![(trace, "trace")]);
+        assert_eq!(r.find("", &Method::TRACE, "/debug"), Match::Found(&"trace"));
     }
 }
