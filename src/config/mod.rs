@@ -167,6 +167,8 @@ pub struct BootConfig {
     pub keepalive_requests: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// `rateLimit.ipv6Prefix` at start (per-address connection caps).
+    pub ipv6_prefix: u8,
 }
 
 /// The reloadable part of a config: what `snapshot::compile` reads. Boot
@@ -303,7 +305,7 @@ pub fn to_clean_yaml(cfg: &FileConfig) -> String {
     let empty = |x: &serde_json::Value| x.as_object().is_some_and(|o| o.is_empty());
     if let Some(top) = v.as_object_mut() {
         if let Some(proxy) = top.get_mut("proxy").and_then(|p| p.as_object_mut()) {
-            proxy.retain(|k, x| !(k == "limits" && empty(x)));
+            proxy.retain(|k, x| !((k == "limits" || k == "paths") && empty(x)));
         }
         top.retain(|_, x| !empty(x));
     }
@@ -389,6 +391,7 @@ impl BootConfig {
             keepalive_requests: l.keepalive_requests.unwrap_or(1000),
             max_connections: l.max_connections.unwrap_or(10_000),
             max_connections_per_ip: l.max_connections_per_ip.unwrap_or(256),
+            ipv6_prefix: cfg.rate_limit.ipv6_prefix.unwrap_or(64),
         }
     }
 }

@@ -243,6 +243,11 @@ pub struct AuthSection {
     /// File of generated keys (`flexgate keys create`); relative to the
     /// config file's folder. Default `flexgate-keys.json`.
     pub key_store: Option<String>,
+    /// Failed authentications (API key or JWT) allowed per client address
+    /// and window before that address gets 429 on every authenticated
+    /// route until the window ends. Default `{max: 20, windowMs: 60000}`;
+    /// `max: 0` turns the budget off.
+    pub failure_limit: Option<LimitConfig>,
 }
 
 /// One API key of `security.auth.keys`.
@@ -277,6 +282,11 @@ pub struct RateLimitSection {
     pub global: Option<LimitConfig>,
     /// Limits by path pattern, with an optional custom message.
     pub per_route: Vec<PerRouteLimit>,
+    /// IPv6 clients are counted by this prefix length in address-keyed
+    /// limits, the failed-authentication budget and the per-address
+    /// connection cap (read at start for the latter). Default 64: one
+    /// subscriber's /64 is one client. 128 keys every address apart.
+    pub ipv6_prefix: Option<u8>,
 }
 
 /// `{max, windowMs}` — at most `max` requests per window.

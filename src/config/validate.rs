@@ -574,6 +574,33 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
     if let Some(g) = &r.global {
         check_limit(e, "rateLimit.global", g);
     }
+    if r.ipv6_prefix.is_some_and(|p| !(1..=128).contains(&p)) {
+        e.push(ConfigError::new(
+            "rateLimit.ipv6Prefix",
+            "must be a prefix length from 1 to 128",
+        ));
+    }
+    if let Some(f) = cfg
+        .security
+        .auth
+        .as_ref()
+        .and_then(|a| a.failure_limit.as_ref())
+    {
+        let path = "security.auth.failureLimit";
+        check_millis(e, format!("{path}.windowMs"), f.window_ms.or(f.window));
+        if !matches!(f.by.as_deref(), None | Some("ip")) {
+            e.push(ConfigError::new(
+                format!("{path}.by"),
+                "failed authentications are counted per client address: only \"ip\"",
+            ));
+        }
+        if f.message.is_some() {
+            e.push(ConfigError::new(
+                format!("{path}.message"),
+                "is not used here: the 429 says the address has too many failed authentications",
+            ));
+        }
+    }
     for (i, pr) in r.per_route.iter().enumerate() {
         if let Err(m) = PathPattern::parse(&pr.path) {
             e.push(ConfigError::new(format!("rateLimit.perRoute[{i}].path"), m));

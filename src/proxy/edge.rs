@@ -171,6 +171,8 @@ pub struct EdgeApp {
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// IPv6 clients share a per-address cap by this prefix.
+    pub ipv6_prefix: u8,
 }
 
 impl EdgeApp {
@@ -186,6 +188,7 @@ impl EdgeApp {
             keepalive_timeout: boot.keepalive_timeout,
             max_connections: boot.max_connections,
             max_connections_per_ip: boot.max_connections_per_ip,
+            ipv6_prefix: boot.ipv6_prefix,
         }
     }
 }
@@ -252,7 +255,8 @@ impl ServerApp for EdgeApp {
     ) -> Option<Stream> {
         let peer_ip = stream
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .map(|ip| crate::limit::address_key(ip, self.ipv6_prefix));
         let _slot =
             match self
                 .counters

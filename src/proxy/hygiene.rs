@@ -167,6 +167,8 @@ pub fn content_length(req: &RequestHeader) -> Option<u64> {
 
 /// The client address used for limits and logs: the peer, or — when the peer
 /// is a trusted proxy — the right-most untrusted address in `X-Forwarded-For`.
+/// `peer` is canonical (an IPv4-mapped address as IPv4); so are the
+/// addresses taken from the header.
 pub fn client_ip(snap: &Snapshot, peer: IpAddr, req: &RequestHeader) -> IpAddr {
     if !snap.is_trusted(&peer) {
         return peer;
@@ -175,7 +177,7 @@ pub fn client_ip(snap: &Snapshot, peer: IpAddr, req: &RequestHeader) -> IpAddr {
     for v in req.headers.get_all("x-forwarded-for").iter().rev() {
         let Ok(s) = v.to_str() else { break };
         for part in s.rsplit(',') {
-            match part.trim().parse::<IpAddr>() {
+            match part.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
                 Ok(ip) => {
                     client = ip;
                     if !snap.is_trusted(&ip) {

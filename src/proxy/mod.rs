@@ -94,6 +94,8 @@ pub struct RequestCtx {
     /// The path routes match when it differs from the canonical path
     /// (`proxy.paths.pathParameters: ignoreForMatching`).
     pub match_path: Option<String>,
+    /// The address limits count this client by (`limit::address_key`).
+    pub limit_ip: IpAddr,
 }
 
 /// The gateway service.
@@ -214,13 +216,49 @@ impl Gateway {
         }
     }
 
-    fn auth_failed(&self, route: &Route, ctx: &RequestCtx, reason: &'static str) {
+    /// Counts a failed authentication against the address's budget and
+    /// reports it. Events are coalesced so that a brute force cannot flood
+    /// logs, NATS or webhooks: per address and budget window, only the first
+    /// failure and the one that exhausts the budget are reported, and at most
+    /// [`AUTH_EVENTS_PER_SECOND`] per second in all (the next event says how
+    /// many were left out).
+    fn auth_failed(&self, snap: &Snapshot, route: &Route, ctx: &RequestCtx, reason: &str) {
         self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
         route.metrics.auth_failures.inc();
-        crate::events::emit(
-            "auth.failure",
-            serde_json::json!({"route": &*route.id, "reason": reason, "clientIp": ctx.client_ip.to_string(), "requestId": ctx.request_id()}),
-        );
+        let (failures, notable) = match &snap.auth_failures {
+            Some(budget) => {
+                let n = budget.record(ctx.limit_ip);
+                (Some(n), n == 1 || n == budget.max)
+            }
+            None => (None, true),
+        };
+        if !notable {
+            return;
+        }
+        if let Some(left_out) = auth_event_gate() {
+            crate::events::emit(
+                "auth.failure",
+                serde_json::json!({"route": &*route.id, "reason": reason, "clientIp": ctx.client_ip.to_string(), "requestId": ctx.request_id(), "failuresInWindow": failures, "eventsLeftOut": left_out}),
+            );
+        }
+    }
+
+    /// 429 when the client's address has used up its failed-authentication
+    /// budget (checked before any credential is looked at).
+    fn auth_budget_spent(&self, snap: &Snapshot, ctx: &RequestCtx) -> Option<GatewayReply> {
+        let budget = snap.auth_failures.as_ref()?;
+        if !budget.exhausted(ctx.limit_ip) {
+            return None;
+        }
+        self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        Some(
+            GatewayReply::new(
+                429,
+                "too_many_auth_failures",
+                "too many failed authentications from this address; try again later",
+            )
+            .header("retry-after", budget.window.as_secs().max(1).to_string()),
+        )
     }
 
     /// Backpressure: counts the request in flight or says it must be shed.
@@ -244,13 +282,17 @@ impl Gateway {
         None
     }
 
-    /// Applies every rate limit that matches; `Err` is the 429 to send.
+    /// Applies every rate limit of one phase that matches; `Err` is the 429
+    /// to send. Limits keyed by address (or over everyone) run before
+    /// authentication, so a flood of bad credentials is counted like any
+    /// other traffic; limits keyed by consumer run after it.
     async fn rate_limit(
         &self,
         snap: &Snapshot,
         route: &Arc<Route>,
         path: &str,
         ctx: &mut RequestCtx,
+        after_auth: bool,
     ) -> Result<(), GatewayReply> {
         let rules = snap
             .rate_limits
@@ -263,15 +305,16 @@ impl Gateway {
                     .filter(|(p, _)| p.matches(path))
                     .map(|(_, r)| r),
             )
-            .chain(route.rate_limit.iter());
+            .chain(route.rate_limit.iter())
+            .filter(|r| (r.by == crate::limit::LimitBy::Consumer) == after_auth);
         for rule in rules {
             let consumer = ctx.consumer.as_deref();
             let decision = match (&self.redis, snap.rate_limits.redis) {
                 (Some(redis), true) => {
-                    let key = rule.key_text(ctx.client_ip, consumer);
-                    redis.check(rule, &key, ctx.client_ip, consumer).await
+                    let key = rule.key_text(ctx.limit_ip, consumer);
+                    redis.check(rule, &key, ctx.limit_ip, consumer).await
                 }
-                _ => rule.check_local(ctx.client_ip, consumer),
+                _ => rule.check_local(ctx.limit_ip, consumer),
             };
             if !decision.allowed {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +322,7 @@ impl Gateway {
                 if decision.first_over {
                     crate::events::emit(
                         "rate_limit.exceeded",
-                        serde_json::json!({"rule": rule.id, "route": &*route.id, "key": rule.key_text(ctx.client_ip, consumer)}),
+                        serde_json::json!({"rule": rule.id, "route": &*route.id, "key": rule.key_text(ctx.limit_ip, consumer)}),
                     );
                 }
                 let msg = rule
@@ -387,6 +430,28 @@ const H_X_CONSUMER: &str = "x-consumer-name";
 const H_X_REAL_IP: &str = "x-real-ip";
 const EMPTY: HeaderValue = HeaderValue::from_static("");
 
+/// Process-wide cap on `auth.failure` events.
+const AUTH_EVENTS_PER_SECOND: u64 = 10;
+
+/// `Some(left_out)` when an `auth.failure` event may be emitted now, with
+/// the number of events left out since the last one; `None` when this
+/// second's allowance is used up. Lock-free.
+fn auth_event_gate() -> Option<u64> {
+    static SECOND: AtomicU64 = AtomicU64::new(0);
+    static SENT: AtomicU64 = AtomicU64::new(0);
+    static LEFT_OUT: AtomicU64 = AtomicU64::new(0);
+    let now = crate::keys::unix_now();
+    if SECOND.swap(now, Ordering::Relaxed) != now {
+        SENT.store(0, Ordering::Relaxed);
+    }
+    if SENT.fetch_add(1, Ordering::Relaxed) < AUTH_EVENTS_PER_SECOND {
+        Some(LEFT_OUT.swap(0, Ordering::Relaxed))
+    } else {
+        LEFT_OUT.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 /// Appends `n` in decimal (no formatting machinery on the request path).
 fn push_u64(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -430,6 +495,7 @@ impl ProxyHttp for Gateway {
             rate: None,
             jwt: None,
             match_path: None,
+            limit_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         }
     }
 
@@ -481,9 +547,10 @@ impl ProxyHttp for Gateway {
         let peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
+            .map(|a| a.ip().to_canonical())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         ctx.client_ip = hygiene::client_ip(&snap, peer_ip, req);
+        ctx.limit_ip = crate::limit::address_key(ctx.client_ip, snap.ipv6_prefix);
 
         if snap.health_endpoints {
             if let Some((status, body)) = self.health_reply(path, &snap) {
@@ -579,6 +646,23 @@ impl ProxyHttp for Gateway {
             return self.reply(session, ctx, reply).await;
         }
         ctx.websocket = route.websocket && hygiene::is_websocket_upgrade(req);
+        // The path is only needed (and copied) when path-based limits exist.
+        let path = if snap.rate_limits.per_path.is_empty() {
+            String::new()
+        } else {
+            ctx.match_path
+                .clone()
+                .unwrap_or_else(|| session.req_header().uri.path().to_string())
+        };
+        if let Err(reply) = self.rate_limit(&snap, &route, &path, ctx, false).await {
+            return self.reply(session, ctx, reply).await;
+        }
+        if route.auth != RouteAuth::None {
+            if let Some(reply) = self.auth_budget_spent(&snap, ctx) {
+                return self.reply(session, ctx, reply).await;
+            }
+        }
+        let req = session.req_header();
         if route.auth == RouteAuth::Jwt {
             let verdict = match (&snap.jwt, req.headers.get(header::AUTHORIZATION)) {
                 (Some(v), Some(h)) => v
@@ -593,7 +677,7 @@ impl ProxyHttp for Gateway {
                     ctx.jwt = Some(verified);
                 }
                 Err(why) => {
-                    self.auth_failed(&route, ctx, "jwt");
+                    self.auth_failed(&snap, &route, ctx, "jwt");
                     let challenge =
                         format!("Bearer error=\"invalid_token\", error_description=\"{why}\"");
                     let reply = GatewayReply::new(401, "unauthorized", why)
@@ -606,7 +690,7 @@ impl ProxyHttp for Gateway {
             match presented {
                 None if route.auth == RouteAuth::Optional => {}
                 None => {
-                    self.auth_failed(&route, ctx, "missing");
+                    self.auth_failed(&snap, &route, ctx, "missing");
                     let reply = GatewayReply::new(401, "unauthorized", "an API key is required")
                         .header("www-authenticate", "ApiKey");
                     return self.reply(session, ctx, reply).await;
@@ -619,13 +703,13 @@ impl ProxyHttp for Gateway {
                 ) {
                     Ok(k) => ctx.consumer = Some(k.name.clone()),
                     Err(KeyRejection::Unauthorized(why)) => {
-                        self.auth_failed(&route, ctx, why);
+                        self.auth_failed(&snap, &route, ctx, why);
                         let reply = GatewayReply::new(401, "unauthorized", why)
                             .header("www-authenticate", "ApiKey");
                         return self.reply(session, ctx, reply).await;
                     }
                     Err(KeyRejection::Forbidden(why)) => {
-                        self.auth_failed(&route, ctx, why);
+                        self.auth_failed(&snap, &route, ctx, why);
                         return self
                             .reply(session, ctx, GatewayReply::new(403, "forbidden", why))
                             .await;
@@ -633,15 +717,7 @@ impl ProxyHttp for Gateway {
                 },
             }
         }
-        // The path is only needed (and copied) when path-based limits exist.
-        let path = if snap.rate_limits.per_path.is_empty() {
-            String::new()
-        } else {
-            ctx.match_path
-                .clone()
-                .unwrap_or_else(|| session.req_header().uri.path().to_string())
-        };
-        if let Err(reply) = self.rate_limit(&snap, &route, &path, ctx).await {
+        if let Err(reply) = self.rate_limit(&snap, &route, &path, ctx, true).await {
             return self.reply(session, ctx, reply).await;
         }
         if let Some(breaker) = &route.upstream.breaker {
@@ -864,7 +940,7 @@ impl ProxyHttp for Gateway {
         let peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+            .map(|a| a.ip().to_canonical());
         let trusted = peer_ip.is_some_and(|ip| snap.is_trusted(&ip));
         let peer_value = peer_ip.map_or(EMPTY, edge::ip_header_value);
         // X-Forwarded-For: append to a trusted proxy's list, else start fresh.

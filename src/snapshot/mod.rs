@@ -169,6 +169,10 @@ pub struct Snapshot {
     pub via_entry: HeaderValue,
     pub health_endpoints: bool,
     pub rate_limits: LimitSet,
+    /// Failed authentications allowed per address and window (`None` = off).
+    pub auth_failures: Option<Arc<LimitRule>>,
+    /// IPv6 prefix length address-keyed limits count by.
+    pub ipv6_prefix: u8,
     pub max_in_flight: usize,
     /// Compiled routes by id (for state carried across reloads).
     pub routes_by_id: HashMap<Arc<str>, Arc<Route>>,
@@ -205,6 +209,38 @@ pub struct PathPolicy {
     pub keep_repeated_slashes: bool,
     pub escaped_slashes: EscapedSlashesMode,
     pub path_parameters: PathParametersMode,
+}
+
+/// The failed-authentication budget (`security.auth.failureLimit`),
+/// counters kept across reloads while its settings are unchanged.
+fn auth_failure_budget(cfg: &DynamicConfig, previous: Option<&Snapshot>) -> Option<Arc<LimitRule>> {
+    let configured = cfg
+        .security
+        .auth
+        .as_ref()
+        .and_then(|a| a.failure_limit.as_ref());
+    let (max, window) = match configured {
+        Some(l) => (
+            l.requests.unwrap_or(l.max),
+            l.window_ms
+                .or(l.window)
+                .map_or(Duration::from_secs(60), |m| m.duration()),
+        ),
+        None => (20, Duration::from_secs(60)),
+    };
+    if max == 0 {
+        return None;
+    }
+    match previous.and_then(|p| p.auth_failures.as_ref()) {
+        Some(r) if r.same_settings(max, window, LimitBy::Ip, &None) => Some(r.clone()),
+        _ => Some(Arc::new(LimitRule::new(
+            "auth-failures".into(),
+            max,
+            window,
+            LimitBy::Ip,
+            None,
+        ))),
+    }
 }
 
 fn path_policy(p: &crate::config::model::PathsSection) -> PathPolicy {
@@ -703,6 +739,8 @@ pub fn compile(
             max_uri_bytes: l.max_uri_bytes.map_or(8 << 10, |b| b.0 as usize),
         },
         paths: path_policy(&cfg.defaults.paths),
+        auth_failures: auth_failure_budget(cfg, previous),
+        ipv6_prefix: cfg.rate_limit.ipv6_prefix.unwrap_or(64),
         access_log: cfg.logging.access_log.unwrap_or(true),
         success_sample: sampling.success_rate.unwrap_or(1.0),
         error_sample: sampling.error_rate.unwrap_or(1.0),
