@@ -1,17 +1,15 @@
 //! Rate limiting: rules compiled from config, decided per request.
 //!
-//! - **Memory** (default): one pingora-limits `Rate` per rule, keyed by a
-//!   hash of the client key; lock-free. Windows are fixed (the `Rate`'s
-//!   interval); counts are count-min estimates, exact while keys are few and
-//!   at worst over-counting (never letting more through).
+//! - **Memory** (default): one [`counter::WindowCounter`] per rule: exact
+//!   counts per key in fixed windows, lock-free, in fixed memory.
 //!
-//!   Memory is fixed whatever the number of clients: a rule keyed by
-//!   address or consumer holds 4 × 4096 counters for the current and the
-//!   previous window (256 KiB); a rule over `all` holds 4 × 16 (1 KiB). A
-//!   flood of fresh addresses grows nothing. A new client can only be
-//!   over-counted when, within one window, the distinct active keys average
-//!   close to the limit per counter: with a limit of 10, that takes well over
-//!   20,000 distinct addresses in one window (tested in `tests/traffic.rs`).
+//!   Memory does not grow with the number of clients: a rule keyed by
+//!   address or consumer holds 65,536 counters (512 KiB) plus a 64 KiB
+//!   fallback sketch; a rule over `all` about 64 KiB. Counts are exact for
+//!   every client while a window sees fewer than about 50,000 distinct keys
+//!   for one rule; beyond that, clients that find no counter are counted by
+//!   the sketch, which may over-count but never lets more through. 20,000
+//!   fresh addresses in one window cause no false 429 (`tests/address_limits.rs`).
 //! - **Redis** (`rateLimit.backend: redis`): one atomic Lua round-trip per
 //!   decision (`redis.rs`), shared by every node, so N nodes enforce one
 //!   combined limit. A Redis call has 50 ms; on error, timeout or while Redis
@@ -25,9 +23,10 @@
 //!
 //! Rules survive a reload (counters kept) when their settings are unchanged.
 
+pub mod counter;
 pub mod redis;
 
-use pingora_limits::rate::Rate;
+use counter::WindowCounter;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -62,7 +61,7 @@ pub struct LimitRule {
     pub message: Option<String>,
     /// `100;w=60` for `RateLimit-Policy`.
     pub policy: String,
-    local: Rate,
+    local: WindowCounter,
 }
 
 /// Outcome of one rule for one request.
@@ -93,25 +92,25 @@ impl LimitRule {
             by,
             message,
             policy,
-            local: match by {
-                LimitBy::All => Rate::new_with_estimator_config(window, 4, 16),
-                LimitBy::Ip | LimitBy::Consumer => Rate::new_with_estimator_config(window, 4, 4096),
-            },
+            local: WindowCounter::new(
+                window,
+                match by {
+                    LimitBy::All => 16,
+                    LimitBy::Ip | LimitBy::Consumer => 1 << 16,
+                },
+            ),
         }
     }
 
     /// True when `ip` has used up this budget in the current window (looks
     /// without counting; for the failed-authentication budget).
     pub fn exhausted(&self, ip: IpAddr) -> bool {
-        let key = self.key_hash(ip, None);
-        let count = self.local.rate_with(&key, |c| c.curr_samples);
-        count.max(0) as u64 >= self.max
+        self.local.peek(self.key_hash(ip, None)) >= self.max
     }
 
     /// Counts one event for `ip` and returns the count in this window.
     pub fn record(&self, ip: IpAddr) -> u64 {
-        let key = self.key_hash(ip, None);
-        self.local.observe(&key, 1).max(0) as u64
+        self.local.observe(self.key_hash(ip, None)).0
     }
 
     /// True when `other` has the same settings (its counters can be kept).
@@ -146,13 +145,8 @@ impl LimitRule {
 
     /// Decides locally (in-process counters).
     pub fn check_local(&self, ip: IpAddr, consumer: Option<&str>) -> Decision {
-        let key = self.key_hash(ip, consumer);
-        let count = self.local.observe(&key, 1).max(0) as u64;
-        let window = self.window.as_secs_f64();
-        let reset = self.local.rate_with(&key, |c| {
-            window * (1.0 - c.current_interval_fraction.clamp(0.0, 1.0))
-        });
-        self.decision(count, Duration::from_secs_f64(reset.max(0.0)))
+        let (count, left) = self.local.observe(self.key_hash(ip, consumer));
+        self.decision(count, left)
     }
 
     /// Builds a decision from a count within the window and the time left.
