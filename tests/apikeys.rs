@@ -32,6 +32,9 @@ routes:
 security:
   auth:
     header: X-API-Key
+    # These tests send many bad keys from one address on purpose; the
+    # failed-authentication budget has its own tests (address_limits.rs).
+    failureLimit: {{max: 0}}
     keys:
       - key: "{good}"
         name: from-config

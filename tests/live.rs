@@ -124,13 +124,14 @@ fn key_digest(key: &str) -> String {
 
 fn guarded(up: &TestUpstream) -> String {
     format!(
-        "upstreams:\n  - name: app\n    url: \"{}\"\nroutes:\n  - id: guarded\n    path: /guarded/*\n    upstream: app\n    auth: required\n  - id: marker\n    path: /marker\n    upstream: app\n    auth: required\nsecurity:\n  auth:\n    keys:\n      - key: \"{}\"\n        name: good\n",
+        "upstreams:\n  - name: app\n    url: \"{}\"\nroutes:\n  - id: guarded\n    path: /guarded/*\n    upstream: app\n    auth: required\n  - id: marker\n    path: /marker\n    upstream: app\n    auth: required\n  - id: flood\n    path: /flood/*\n    upstream: app\n    rateLimit: {{max: 1, windowMs: 60000}}\nsecurity:\n  auth:\n    failureLimit: {{max: 0}}\n    keys:\n      - key: \"{}\"\n        name: good\n",
         up.url(),
         key_digest("the-good-key")
     )
 }
 
-/// `n` requests with a wrong API key (each one an `auth.failure` event).
+/// `n` requests with a wrong API key (`auth.failure` events: every one
+/// while the failure budget is off, at most 10 a second).
 fn bad_key_requests(port: u16, path: &str, n: usize) {
     let mut client = Client::connect(port);
     for _ in 0..n {
@@ -262,7 +263,7 @@ fn metrics_stream_starts_with_connected_then_sends_summaries() {
 #[test]
 fn alerts_stream_delivers_events_and_a_stalled_client_harms_nobody() {
     let up = TestUpstream::start("app", Behavior::Ok);
-    let gw = Gateway::start("", &guarded(&up));
+    let gw = Gateway::start("  trustedProxies: [\"127.0.0.1/32\"]\n", &guarded(&up));
     // A client that never reads, with a small receive buffer so the
     // gateway's writes back up quickly.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -282,20 +283,32 @@ fn alerts_stream_delivers_events_and_a_stalled_client_harms_nobody() {
     assert_eq!(alert["data"]["route"], "guarded", "{alert}");
     assert_eq!(alert["node"], hello["node"], "{alert}");
 
-    // A reading client keeps up in its own thread while a flood of events passes.
+    // A reading client keeps up in its own thread while a flood of events
+    // passes: 2,000 clients each going over their limit (one
+    // `rate_limit.exceeded` each; `auth.failure` events are coalesced and
+    // could not flood).
     let watcher = std::thread::spawn(move || {
         let mut seen = 0u64;
         let got = reader.until(Duration::from_secs(60), |name, d| {
-            if name == "alert" && d["type"] == "auth.failure" {
+            if name == "alert" && d["type"] == "rate_limit.exceeded" {
                 seen += 1;
             }
             d["data"]["route"] == "marker"
         });
         (got.is_some(), seen)
     });
-    let flood = 4000;
     let started = Instant::now();
-    bad_key_requests(gw.port, "/guarded/flood", flood);
+    let mut client = Client::connect(gw.port);
+    for i in 0..4000u32 {
+        if i % 500 == 0 {
+            client = Client::connect(gw.port);
+        }
+        let addr = format!("10.7.{}.{}", (i / 2) >> 8, (i / 2) & 255);
+        let r = client
+            .request("GET", "/flood/x", &[("X-Forwarded-For", &addr)], b"")
+            .unwrap();
+        assert_eq!(r.status, if i % 2 == 0 { 200 } else { 429 }, "{addr}");
+    }
     let took = started.elapsed();
     bad_key_requests(gw.port, "/marker", 1);
     let (marker_seen, seen) = watcher.join().unwrap();

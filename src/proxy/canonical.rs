@@ -296,7 +296,7 @@ pub fn canonical_path(path: &[u8], policy: &PathPolicy) -> Result<Option<Vec<u8>
                 continue;
             }
             b'/' => {
-                if !(!policy.keep_repeated_slashes && out.last() == Some(&b'/')) {
+                if policy.keep_repeated_slashes || out.last() != Some(&b'/') {
                     out.push(b'/');
                 }
             }

@@ -210,7 +210,7 @@ pub struct MethodSet(u16);
 const TRACE_BIT: u16 = 1 << 7;
 
 impl MethodSet {
-    pub const ALL: MethodSet = MethodSet(u16::MAX & !TRACE_BIT);
+    pub const ALL: MethodSet = MethodSet(!TRACE_BIT);
 
     /// From method names; `HEAD` is implied by `GET`.
     pub fn from_names<S: AsRef<str>>(names: &[S]) -> MethodSet {
