@@ -144,7 +144,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path().join("d");
         std::fs::create_dir(&d).unwrap();
-        for (mode, ok) in [(0o700, true), (0o755, true), (0o770, false), (0o1777, false)] {
+        for (mode, ok) in [
+            (0o700, true),
+            (0o755, true),
+            (0o770, false),
+            (0o1777, false),
+        ] {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
             assert_eq!(check_dir(&d, false).is_ok(), ok, "mode {mode:o}");
         }
