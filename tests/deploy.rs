@@ -486,7 +486,7 @@ fn the_unit_keeps_state_in_its_own_directories_and_caps_memory_and_tasks() {
     for (name, steps) in [("README.md", block), ("the unit's header", header.as_str())] {
         let steps = steps.replace("\n#  ", " ").replace("\n  ", " ");
         for step in [
-            format!("useradd --system --user-group"),
+            "useradd --system --user-group".to_string(),
             format!("install -d -m 0700 -o {user} -g {user} {state}"),
             format!(
                 "install -m 0600 -o {user} -g {user} systemd/flexgate.yaml {}",
