@@ -663,3 +663,37 @@ fn start_refuses_a_socket_or_pid_directory_others_can_write() {
         "{err}"
     );
 }
+
+#[test]
+fn without_runtime_directories_the_default_is_a_private_directory_under_tmp() {
+    use std::os::unix::fs::MetadataExt;
+    let up = TestUpstream::start("app", Behavior::Ok);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config_with_default_runtime_paths(dir.path(), port, &up);
+    // Our uid, as the owner of a file this process creates.
+    let me = std::fs::metadata(&config).unwrap().uid();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = std::process::Command::new(flexgate_bin())
+        .args(["start", "-c", &config])
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("PORT")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ok = eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(ok, "the gateway starts: {out}");
+    let tmp = std::path::PathBuf::from(format!("/tmp/flexgate-{me}"));
+    let meta = std::fs::symlink_metadata(&tmp).expect("/tmp/flexgate-<uid> exists");
+    assert!(meta.is_dir(), "{} is a directory", tmp.display());
+    assert_eq!(meta.uid(), me, "{} is ours", tmp.display());
+    assert_eq!(mode(&tmp), 0o700, "{}", tmp.display());
+}
