@@ -9,6 +9,7 @@
 //! - [`health`] — active health checks;
 //! - [`history`] — request history in PostgreSQL (queue, writer, roll-ups);
 //! - [`accesslog`] / [`logging`] — structured access log and log set-up;
+//! - [`runtime_dir`] — the private directory of the upgrade socket and pid file;
 //! - [`server`] — process assembly; [`cli`] — the command line.
 
 pub mod accesslog;
@@ -26,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod runtime_dir;
 pub mod server;
 pub mod snapshot;
 pub mod store;

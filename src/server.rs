@@ -278,6 +278,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         Some(tls) => Some(tls_settings_for(tls)?),
         None => None,
     };
+    crate::runtime_dir::check(&boot)?;
     if !opts.upgrade {
         check_listen_addresses(&boot)?;
     }

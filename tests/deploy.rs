@@ -89,10 +89,15 @@ fn the_unit_follows_pingoras_forking_pattern_with_hardening() {
         ("PIDFile", "/run/flexgate/flexgate.pid"),
         ("User", "flexgate"),
         ("Group", "flexgate"),
-        ("Environment", "FLEXGATE_CONFIG=/etc/flexgate/flexgate.yaml"),
+        (
+            "Environment",
+            "FLEXGATE_CONFIG=/var/lib/flexgate/flexgate.yaml",
+        ),
         ("EnvironmentFile", "-/etc/flexgate/env"),
         ("RuntimeDirectory", "flexgate"),
+        ("RuntimeDirectoryMode", "0700"),
         ("StateDirectory", "flexgate"),
+        ("StateDirectoryMode", "0700"),
         (
             "ExecStart",
             "/usr/local/bin/flexgate start -d -c ${FLEXGATE_CONFIG}",
@@ -409,10 +414,195 @@ fn the_helm_chart_parses_and_renders_a_valid_config() {
         "pdb.yaml",
         "hpa.yaml",
         "servicemonitor.yaml",
+        "service-admin.yaml",
+        "networkpolicy.yaml",
     ] {
         assert!(
             repo(&format!("helm/flexgate/templates/{template}")).exists(),
             "{template}"
         );
     }
+}
+
+/// `MemoryMax=1G` / `512M` in bytes.
+fn bytes(value: &str) -> u64 {
+    let (num, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let n: u64 = num.parse().unwrap_or_else(|_| panic!("a size: {value}"));
+    n * match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        other => panic!("unit {other} in {value}"),
+    }
+}
+
+#[test]
+fn the_unit_keeps_state_in_its_own_directories_and_caps_memory_and_tasks() {
+    let d = unit_directives();
+    // The config (which the admin API rewrites, with the key store and audit
+    // log beside it) lives in the StateDirectory; nothing else is writable.
+    let config = directive(&d, "Environment");
+    let config = Path::new(config.strip_prefix("FLEXGATE_CONFIG=").unwrap());
+    assert_eq!(
+        config.parent().unwrap(),
+        Path::new("/var/lib").join(directive(&d, "StateDirectory")),
+        "the config is in the StateDirectory"
+    );
+    assert!(
+        !d.iter().any(|(k, _)| k == "ReadWritePaths"),
+        "no writable path besides the state and runtime directories"
+    );
+    assert_eq!(
+        directive(&d, "PIDFile"),
+        format!("/run/{}/flexgate.pid", directive(&d, "RuntimeDirectory"))
+    );
+    // Two processes share the cgroup during a reload.
+    let memory = bytes(&directive(&d, "MemoryMax"));
+    assert!(
+        (512 << 20..=4 << 30).contains(&memory),
+        "MemoryMax={memory}: two processes of ~250 MB at 10,000 connections, and a ceiling"
+    );
+    let tasks: u64 = directive(&d, "TasksMax").parse().unwrap();
+    assert!((256..=4096).contains(&tasks), "TasksMax={tasks}");
+
+    // The install steps, in README.md and in the unit's header, give the
+    // service user the state directory and its config.
+    let user = directive(&d, "User");
+    let state = format!("/var/lib/{}", directive(&d, "StateDirectory"));
+    let readme = read("README.md");
+    let section = &readme[readme.find("## Running under systemd").unwrap()..];
+    let block = &section[section.find("```sh").unwrap()..];
+    let block = &block[..block[5..].find("```").unwrap()];
+    let header: String = read("systemd/flexgate.service")
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim_end_matches('\\').to_string() + "\n")
+        .collect();
+    for (name, steps) in [("README.md", block), ("the unit's header", header.as_str())] {
+        let steps = steps.replace("\n#  ", " ").replace("\n  ", " ");
+        for step in [
+            "useradd --system --user-group".to_string(),
+            format!("install -d -m 0700 -o {user} -g {user} {state}"),
+            format!(
+                "install -m 0600 -o {user} -g {user} systemd/flexgate.yaml {}",
+                config.display()
+            ),
+        ] {
+            assert!(steps.contains(&step), "{name} has {step:?}:\n{steps}");
+        }
+        assert!(!steps.contains("/etc/flexgate/flexgate.yaml"), "{name}");
+    }
+}
+
+#[test]
+fn under_systemd_the_default_paths_are_the_units() {
+    // systemd sets RUNTIME_DIRECTORY=/run/flexgate: a config without
+    // pidFile / upgradeSock puts the pid where PIDFile= looks.
+    let app = TestUpstream::start("app", Behavior::Ok);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("flexgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: \"127.0.0.1:0\"\nproxy:\n  listen: \"127.0.0.1:{port}\"\n  gracePeriod: 1000\nupstreams:\n  - name: app\n    url: \"{}\"\nroutes:\n  - path: /*\n    upstream: app\n",
+            app.url()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemons::new(dir.path(), port);
+    let log = d.log_file();
+    let status = Command::new(flexgate())
+        .args(["start", "-d", "-c"])
+        .arg(&config)
+        .env("RUNTIME_DIRECTORY", dir.path())
+        .env("XDG_RUNTIME_DIR", "/nonexistent")
+        .env_remove("PORT")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{}", d.log());
+    let unit_pid = Path::new(&directive(&unit_directives(), "PIDFile"))
+        .file_name()
+        .unwrap()
+        .to_owned();
+    let pid_file = dir.path().join(unit_pid);
+    let mut pid = None;
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            pid = read_pid(&pid_file).filter(|p| alive(*p));
+            pid.is_some()
+        }),
+        "no pid in {}\n{}",
+        pid_file.display(),
+        d.log()
+    );
+    d.track(pid.unwrap());
+    assert!(wait_for(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    assert_eq!(request(port, "GET", "/x", &[], b"").status, 200);
+}
+
+#[test]
+fn the_helm_chart_keeps_the_admin_port_off_the_proxy_service() {
+    let tpl = |name: &str| read(&format!("helm/flexgate/templates/{name}"));
+    let proxy = tpl("service.yaml");
+    assert!(proxy.contains("type: {{ .Values.service.type }}"));
+    assert!(proxy.contains("targetPort: proxy"));
+    for admin_part in ["targetPort: admin", "adminPort", "name: admin"] {
+        assert!(
+            !proxy.contains(admin_part),
+            "the proxy Service has no admin port:\n{proxy}"
+        );
+    }
+    let admin = tpl("service-admin.yaml");
+    assert!(admin.contains("\n  type: ClusterIP\n"), "{admin}");
+    assert!(admin.contains("targetPort: admin"), "{admin}");
+    assert!(!admin.contains(".Values.service.type"), "{admin}");
+    assert!(!admin.contains("targetPort: proxy"), "{admin}");
+    assert!(tpl("servicemonitor.yaml").contains("app.kubernetes.io/component: admin"));
+
+    let policy = tpl("networkpolicy.yaml");
+    assert!(policy.starts_with("{{- if .Values.networkPolicy.enabled }}"));
+    assert!(policy.contains("kind: NetworkPolicy"));
+    assert!(policy.contains("{{- with .Values.networkPolicy.adminFrom }}"));
+    assert!(policy.contains("- port: admin"));
+    let values = yaml("helm/flexgate/values.yaml");
+    assert_eq!(values["networkPolicy"]["enabled"], false);
+    assert!(values["networkPolicy"]["adminFrom"]
+        .as_sequence()
+        .unwrap()
+        .is_empty());
+    let schema: serde_json::Value =
+        serde_json::from_str(&read("helm/flexgate/values.schema.json")).unwrap();
+    let peer = &schema["properties"]["networkPolicy"]["properties"]["adminFrom"]["items"];
+    assert_eq!(peer["additionalProperties"], false);
+    for key in ["podSelector", "namespaceSelector", "ipBlock"] {
+        assert!(
+            peer["properties"].get(key).is_some(),
+            "adminFrom accepts {key}"
+        );
+    }
+}
+
+#[test]
+fn the_license_is_the_apache_license_2_0_that_cargo_toml_names() {
+    let cargo: String = read("Cargo.toml");
+    assert!(cargo.contains("\nlicense = \"Apache-2.0\"\n"));
+    let text = std::fs::read(repo("LICENSE")).unwrap();
+    // SHA-256 of the Apache Software Foundation's LICENSE-2.0.txt, unmodified.
+    let digest = ring::digest::digest(&ring::digest::SHA256, &text);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
+    );
 }

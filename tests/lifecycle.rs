@@ -427,3 +427,273 @@ fn flexgate_config_variable_names_the_file() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("seed-minimal.yaml is valid"));
 }
+
+mod daemon;
+
+/// `flexgate <args>` with `XDG_RUNTIME_DIR` set to `xdg` (and no systemd
+/// `RUNTIME_DIRECTORY`), bounded by `timeout`; returns (exit code, output).
+/// The output goes through a file: a daemon would hold a pipe open.
+fn start_with_runtime_dir(args: &[&str], xdg: &std::path::Path) -> (Option<i32>, String) {
+    let log_path = xdg.join("start.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let status = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(flexgate_bin())
+        .args(args)
+        .env("XDG_RUNTIME_DIR", xdg)
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("PORT")
+        .env_remove("FLEXGATE_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    (
+        status.code(),
+        std::fs::read_to_string(&log_path).unwrap_or_default(),
+    )
+}
+
+/// A config with no `proxy.upgradeSock` / `proxy.pidFile`: the defaults.
+fn config_with_default_runtime_paths(
+    dir: &std::path::Path,
+    port: u16,
+    up: &TestUpstream,
+) -> String {
+    let path = dir.join("flexgate.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "admin:\n  listen: \"127.0.0.1:0\"\nproxy:\n  listen: \"127.0.0.1:{port}\"\n  threads: 2\n  gracePeriod: 1000\n{}",
+            one_route(up)
+        ),
+    )
+    .unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn default_pid_file_and_upgrade_socket_live_in_xdg_runtime_dir_flexgate() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let up = TestUpstream::start("app", Behavior::Ok);
+    let xdg = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config_with_default_runtime_paths(xdg.path(), port, &up);
+    let run = xdg.path().join("flexgate");
+    let pid_file = run.join("flexgate.pid");
+    let sock = run.join("upgrade.sock");
+    // Every process this test starts, killed by pid when it ends (also on panic).
+    struct Kill(Vec<i32>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                if daemon::alive(*pid) {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+            }
+        }
+    }
+    let mut started = Kill(Vec::new());
+
+    let (code, err) = start_with_runtime_dir(&["start", "-d", "-c", &config], xdg.path());
+    assert_eq!(code, Some(0), "{err}");
+    let mut old = None;
+    assert!(
+        daemon::wait_for(Duration::from_secs(20), || {
+            old = daemon::read_pid(&pid_file).filter(|p| daemon::alive(*p));
+            old.is_some()
+        }),
+        "no live pid in {}: {err}",
+        pid_file.display()
+    );
+    let old = old.unwrap();
+    started.0.push(old);
+    assert_eq!(mode(&run), 0o700, "created private: {}", run.display());
+    assert_eq!(
+        std::fs::metadata(&run).unwrap().uid(),
+        std::fs::metadata(xdg.path()).unwrap().uid(),
+        "owned by the gateway's user"
+    );
+    assert!(eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    assert_eq!(request(port, "GET", "/before", &[], b"").status, 200);
+
+    // The binary upgrade finds the same default socket.
+    let mut upgrade = daemon::ChildGuard(Some(
+        std::process::Command::new(flexgate_bin())
+            .args(["start", "-u", "-d", "-c", &config])
+            .env("XDG_RUNTIME_DIR", xdg.path())
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("PORT")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    assert!(
+        daemon::wait_for(Duration::from_secs(20), || std::fs::symlink_metadata(&sock)
+            .is_ok_and(|m| m.file_type().is_socket())),
+        "start -u waits on {}",
+        sock.display()
+    );
+    daemon::signal(old, "QUIT");
+    let status = daemon::wait_child(upgrade.0.as_mut().unwrap(), Duration::from_secs(30));
+    upgrade.0 = None;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "start -u -d: {status:?}"
+    );
+    let mut new = None;
+    assert!(daemon::wait_for(Duration::from_secs(20), || {
+        new = daemon::read_pid(&pid_file).filter(|p| *p != old && daemon::alive(*p));
+        new.is_some()
+    }));
+    started.0.push(new.unwrap());
+    assert_eq!(request(port, "GET", "/after", &[], b"").status, 200);
+    assert!(
+        daemon::wait_for(Duration::from_secs(25), || !daemon::alive(old)),
+        "the old process drains and exits"
+    );
+}
+
+#[test]
+fn start_refuses_a_socket_or_pid_directory_others_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = TestUpstream::start("app", Behavior::Ok);
+    let xdg = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let open = xdg.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let private = xdg.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let explicit = |sock_dir: &std::path::Path, pid_dir: &std::path::Path| {
+        let path = xdg.path().join("explicit.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "admin:\n  listen: \"127.0.0.1:0\"\nproxy:\n  listen: \"127.0.0.1:{port}\"\n  upgradeSock: {}/upgrade.sock\n  pidFile: {}/flexgate.pid\n{}",
+                sock_dir.display(),
+                pid_dir.display(),
+                one_route(&up)
+            ),
+        )
+        .unwrap();
+        path.to_string_lossy().into_owned()
+    };
+
+    // Explicit paths: the socket's directory is world-writable (mode 0777), for `start`, `-d` and `-u`.
+    let config = explicit(&open, &private);
+    for args in [
+        vec!["start", "-c", &config],
+        vec!["start", "-d", "-c", &config],
+        vec!["start", "-u", "-c", &config],
+    ] {
+        let (code, err) = start_with_runtime_dir(&args, xdg.path());
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "proxy.upgradeSock: {}/upgrade.sock: its directory {} is writable by its group or by other users (mode 0777)",
+                open.display(),
+                open.display()
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    // The pid file's directory: group-writable.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let (code, err) =
+        start_with_runtime_dir(&["start", "-c", &explicit(&private, &open)], xdg.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("proxy.pidFile:") && err.contains("(mode 0770)"),
+        "{err}"
+    );
+    assert!(!err.contains("proxy.upgradeSock"), "{err}");
+
+    // A directory that belongs to another user (root can hand it over).
+    let theirs = xdg.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if std::os::unix::fs::chown(&theirs, Some(65534), None).is_ok() {
+        let (code, err) =
+            start_with_runtime_dir(&["start", "-c", &explicit(&theirs, &private)], xdg.path());
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains("proxy.upgradeSock:") && err.contains("belongs to uid 65534"),
+            "{err}"
+        );
+    } else {
+        eprintln!("\n*** SKIPPED (not root): a directory of another user ***\n");
+    }
+
+    // The default directory, $XDG_RUNTIME_DIR/flexgate, when someone made it world-writable...
+    let defaults = config_with_default_runtime_paths(xdg.path(), port, &up);
+    let run = xdg.path().join("flexgate");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, err) = start_with_runtime_dir(&["start", "-c", &defaults], xdg.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "proxy.upgradeSock: {}/upgrade.sock: its directory {} is writable by its group or by other users (mode 0777)",
+            run.display(),
+            run.display()
+        )),
+        "{err}"
+    );
+    // ... or a symbolic link to somewhere else.
+    std::fs::remove_dir(&run).unwrap();
+    std::os::unix::fs::symlink(&private, &run).unwrap();
+    let (code, err) = start_with_runtime_dir(&["start", "-c", &defaults], xdg.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("proxy.upgradeSock:") && err.contains("is a symbolic link"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_runtime_directories_the_default_is_a_private_directory_under_tmp() {
+    use std::os::unix::fs::MetadataExt;
+    let up = TestUpstream::start("app", Behavior::Ok);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = config_with_default_runtime_paths(dir.path(), port, &up);
+    // Our uid, as the owner of a file this process creates.
+    let me = std::fs::metadata(&config).unwrap().uid();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = std::process::Command::new(flexgate_bin())
+        .args(["start", "-c", &config])
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("PORT")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ok = eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(ok, "the gateway starts: {out}");
+    let tmp = std::path::PathBuf::from(format!("/tmp/flexgate-{me}"));
+    let meta = std::fs::symlink_metadata(&tmp).expect("/tmp/flexgate-<uid> exists");
+    assert!(meta.is_dir(), "{} is a directory", tmp.display());
+    assert_eq!(meta.uid(), me, "{} is ours", tmp.display());
+    assert_eq!(mode(&tmp), 0o700, "{}", tmp.display());
+}

@@ -336,6 +336,14 @@ pub const DEFAULT_PORT: u16 = 3000;
 /// Default admin listener: loopback only.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
 
+/// `name` in the private runtime directory (see [`crate::runtime_dir`]).
+fn default_runtime_path(name: &str) -> String {
+    crate::runtime_dir::default_dir()
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
 impl BootConfig {
     /// Derives the boot settings; `port_override` is the `PORT` variable.
     pub fn from_file(cfg: &FileConfig, port_override: Option<u16>) -> BootConfig {
@@ -374,11 +382,11 @@ impl BootConfig {
             upgrade_sock: p
                 .upgrade_sock
                 .clone()
-                .unwrap_or_else(|| "/tmp/flexgate_upgrade.sock".into()),
+                .unwrap_or_else(|| default_runtime_path(crate::runtime_dir::UPGRADE_SOCK)),
             pid_file: p
                 .pid_file
                 .clone()
-                .unwrap_or_else(|| "/tmp/flexgate.pid".into()),
+                .unwrap_or_else(|| default_runtime_path(crate::runtime_dir::PID_FILE)),
             grace_period: p
                 .grace_period
                 .map_or(Duration::from_secs(30), |m| m.duration()),
