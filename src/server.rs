@@ -178,21 +178,7 @@ fn database_state(
                 })
             }
         },
-        Err(e) => Err(format!("database {}: {e}", redact(url))),
-    }
-}
-
-/// A database URL without its password (for messages).
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+        Err(e) => Err(format!("database {}: {e}", crate::config::redact::url(url))),
     }
 }
 
@@ -388,6 +374,11 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         config: handle.clone(),
         stats: stats.clone(),
         token: boot.admin_token.as_deref().map(Arc::from),
+        token_weak: crate::config::admin_token_warning(&file).map(Arc::from),
+        // The admin listener is plain TCP (loopback by default).
+        listener_tls: false,
+        allowed_hosts: boot.admin_allowed_hosts.clone().into(),
+        failures: Arc::default(),
         redis: redis.clone(),
         store: store.clone(),
         sessions: Arc::default(),
@@ -395,7 +386,9 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         on_commit,
         cluster,
     };
-    if admin_state.token.is_none() {
+    if let Some(why) = &admin_state.token_weak {
+        tracing::warn!(listen = %boot.admin_listen, "{why}");
+    } else if admin_state.token.is_none() {
         tracing::warn!(
             listen = %boot.admin_listen,
             "no admin token configured (admin.token or FLEXGATE_ADMIN_TOKEN): the admin API (/api/*) refuses every call; /health* still answer"
@@ -403,9 +396,10 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     }
     let mut admin = Service::new(
         "flexgate admin".to_string(),
-        crate::admin::serve::AdminApp {
-            router: crate::admin::app(admin_state),
-        },
+        crate::admin::serve::AdminApp::new(
+            crate::admin::app(admin_state),
+            boot.admin_max_connections,
+        ),
     );
     admin.threads = Some(1);
     admin.add_tcp(&boot.admin_listen.to_string());
