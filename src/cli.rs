@@ -381,8 +381,7 @@ fn check(path: &std::path::Path) -> i32 {
                 }
             }
             let auth = cfg.security.auth.as_ref();
-            if let Err(e) =
-                config::check_key_store(path, auth.and_then(|a| a.key_store.as_deref()))
+            if let Err(e) = config::check_key_store(path, auth.and_then(|a| a.key_store.as_deref()))
             {
                 eprintln!(
                     "flexgate: configuration file {} is invalid:\n  {e}",

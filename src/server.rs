@@ -178,9 +178,11 @@ fn database_state(
                 })
             }
         },
-        Err(e) => Err(format!("database {}: {e}", crate::config::redact::url(url))),
+        Err(e) => Err(format!("database {}: {e}", redact_url(url))),
     }
 }
+
+use crate::config::redact::url as redact_url;
 
 /// Fails start-up with the field's name when a listening address is taken.
 ///
@@ -271,7 +273,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
 
     let stats = Arc::new(ProxyStats::default());
     // The Redis URL is a boot setting: read once at start.
-    let redis = (file.rate_limit.backend.as_deref() == Some("redis"))
+    let redis_url = (file.rate_limit.backend.as_deref() == Some("redis"))
         .then(|| {
             file.rate_limit
                 .redis
@@ -280,8 +282,8 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
                 .or_else(|| file.redis.as_ref().and_then(|r| r.url.clone()))
                 .or_else(|| std::env::var("REDIS_URL").ok())
         })
-        .flatten()
-        .map(RedisLimiter::new);
+        .flatten();
+    let redis = redis_url.clone().map(RedisLimiter::new);
     if let Some(limiter) = &redis {
         server.add_service(background_service(
             "redis rate limiter",
@@ -425,6 +427,14 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     ));
 
     let snap = handle.current();
+    // External services, passwords masked (`config::redact::url`).
+    let masked = |u: Option<String>| u.map_or_else(|| "-".to_string(), |u| redact_url(&u));
+    tracing::info!(
+        database = %masked(database.clone()),
+        redis = %masked(redis_url),
+        nats = %masked(nats_url(&file)),
+        "external services"
+    );
     tracing::info!(
         listen = ?boot.listen,
         threads = boot.threads,

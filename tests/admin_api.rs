@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use tower::ServiceExt;
 
-const TOKEN: &str = "t0ken";
+const TOKEN: &str = "t0ken-0123456789abcdef";
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -94,7 +94,7 @@ async fn call(
     }
 }
 
-const AUTH: (&str, &str) = ("authorization", "Bearer t0ken");
+const AUTH: (&str, &str) = ("authorization", "Bearer t0ken-0123456789abcdef");
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 async fn get(st: &AdminState, uri: &str) -> Resp {

@@ -172,7 +172,11 @@ fn authenticate(st: &AdminState, req: &Request) -> Result<Actor, ApiError> {
         return Err(e);
     }
     let Some(token) = &st.token else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "no admin token"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "no admin token",
+        ));
     };
     let unauthorized =
         |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg.to_string());
@@ -485,7 +489,11 @@ async fn create_session(State(st): State<AdminState>, req: Request) -> Result<Re
         return Err(e.into_response());
     }
     let Some(token) = st.token.clone() else {
-        return Err(error(StatusCode::FORBIDDEN, "admin_disabled", "no admin token"));
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "no admin token",
+        ));
     };
     let peer = req.extensions().get::<serve::PeerAddr>().copied();
     throttled(&st, peer)?;
@@ -521,8 +529,10 @@ async fn end_session(State(st): State<AdminState>, req: Request) -> Response {
         st.sessions.remove(&c);
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, session::set_cookie(None, st.listener_tls));
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        session::set_cookie(None, st.listener_tls),
+    );
     resp
 }
 

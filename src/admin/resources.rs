@@ -160,7 +160,8 @@ impl Resource for WebhookConfig {
         Some(format!("webhook-{}", random_suffix()))
     }
     fn keep_secrets(&mut self, old: Option<&Self>) -> Result<(), ApiError> {
-        crate::config::redact::keep_webhook(self, old).map_err(|e| ApiError::invalid(e.path, e.message))
+        crate::config::redact::keep_webhook(self, old)
+            .map_err(|e| ApiError::invalid(e.path, e.message))
     }
 }
 

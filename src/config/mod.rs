@@ -420,7 +420,10 @@ pub fn check_key_store(
     let refuse = |why: &str| {
         ConfigError::new(
             field,
-            format!("{}: {why}", configured.unwrap_or_else(|| "flexgate-keys.json")),
+            format!(
+                "{}: {why}",
+                configured.unwrap_or_else(|| "flexgate-keys.json")
+            ),
         )
     };
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {

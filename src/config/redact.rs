@@ -109,7 +109,12 @@ pub fn keep_unchanged(incoming: &mut DynamicConfig, current: &DynamicConfig) -> 
     }
     if let Some(r) = incoming.rate_limit.redis.as_mut() {
         if let Some(u) = r.url.as_deref().filter(|u| u.contains(MARKER)) {
-            match current.rate_limit.redis.as_ref().and_then(|c| c.url.clone()) {
+            match current
+                .rate_limit
+                .redis
+                .as_ref()
+                .and_then(|c| c.url.clone())
+            {
                 Some(cur) if url(&cur) == u => r.url = Some(cur),
                 _ => errs.push(missing("rateLimit.redis.url".into())),
             }
@@ -127,7 +132,10 @@ pub fn keep_unchanged(incoming: &mut DynamicConfig, current: &DynamicConfig) -> 
             })
             .map(|(_, o)| o);
         if let Err(e) = keep_webhook(w, old) {
-            errs.push(ConfigError::new(format!("webhooks[{i}].{}", e.path), e.message));
+            errs.push(ConfigError::new(
+                format!("webhooks[{i}].{}", e.path),
+                e.message,
+            ));
         }
     }
     errs

@@ -50,11 +50,7 @@ pub fn interpolate_str(
                 ));
             };
             let name = &t[..end];
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(ConfigError::new(
                     path,
                     format!("${{{name}}} is not a variable name (letters, digits, _)"),
@@ -131,7 +127,8 @@ fn read_secret_file(base: &Path, field: &str, file: &str) -> Result<String, Conf
     } else {
         base.join(p)
     };
-    let fail = |why: String| ConfigError::new(field, format!("cannot read {}: {why}", full.display()));
+    let fail =
+        |why: String| ConfigError::new(field, format!("cannot read {}: {why}", full.display()));
     let meta = std::fs::metadata(&full).map_err(|e| fail(e.to_string()))?;
     if !meta.is_file() {
         return Err(fail("not a regular file".into()));
@@ -183,7 +180,13 @@ pub fn resolve_files(cfg: &mut FileConfig, base: &Path) -> Vec<ConfigError> {
     let mut errs = Vec::new();
     let e = &mut errs;
     let a = &mut cfg.admin;
-    resolve_pair(base, "admin.token|admin.tokenFile", &mut a.token, &mut a.token_file, e);
+    resolve_pair(
+        base,
+        "admin.token|admin.tokenFile",
+        &mut a.token,
+        &mut a.token_file,
+        e,
+    );
     if let Some(j) = cfg.security.jwt.as_mut() {
         resolve_pair(
             base,
@@ -351,7 +354,10 @@ mod tests {
         );
         let mut changed = serde_json::json!({"a": "y", "w": [{"secret": "T"}]});
         restore_sources(&mut changed, Some(&raw), Some(&res));
-        assert_eq!(changed, serde_json::json!({"a": "y", "w": [{"secret": "T"}]}));
+        assert_eq!(
+            changed,
+            serde_json::json!({"a": "y", "w": [{"secret": "T"}]})
+        );
     }
 
     #[test]

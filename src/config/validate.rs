@@ -449,7 +449,12 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
         }
     }
     e.extend(super::secrets::unresolved_files(cfg));
-    if let Some(ks) = cfg.security.auth.as_ref().and_then(|a| a.key_store.as_deref()) {
+    if let Some(ks) = cfg
+        .security
+        .auth
+        .as_ref()
+        .and_then(|a| a.key_store.as_deref())
+    {
         if ks.trim().is_empty() || ks.contains('\0') {
             e.push(ConfigError::new(
                 "security.auth.keyStore",
