@@ -135,12 +135,10 @@ fn disabled(st: &AdminState) -> Option<ApiError> {
 }
 
 /// 429 while the client is over the failed sign-in limit.
-fn throttled(st: &AdminState, peer: Option<serve::PeerAddr>) -> Result<(), Response> {
-    let Some(serve::PeerAddr(ip)) = peer else {
-        return Ok(());
-    };
+fn throttled(st: &AdminState, peer: Option<serve::PeerAddr>) -> Option<Response> {
+    let serve::PeerAddr(ip) = peer?;
     match st.failures.blocked(ip) {
-        None => Ok(()),
+        None => None,
         Some(wait) => {
             let mut resp = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -154,7 +152,7 @@ fn throttled(st: &AdminState, peer: Option<serve::PeerAddr>) -> Result<(), Respo
             .into_response();
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
-            Err(resp)
+            Some(resp)
         }
     }
 }
@@ -209,7 +207,7 @@ fn presents_credentials(req: &Request) -> bool {
 async fn require_auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<serve::PeerAddr>().copied();
     if disabled(&st).is_none() {
-        if let Err(resp) = throttled(&st, peer) {
+        if let Some(resp) = throttled(&st, peer) {
             return resp;
         }
     }
@@ -496,7 +494,9 @@ async fn create_session(State(st): State<AdminState>, req: Request) -> Result<Re
         ));
     };
     let peer = req.extensions().get::<serve::PeerAddr>().copied();
-    throttled(&st, peer)?;
+    if let Some(resp) = throttled(&st, peer) {
+        return Err(resp);
+    }
     let presented = session::presented_token(req)
         .await
         .map_err(IntoResponse::into_response)?;

@@ -420,10 +420,7 @@ pub fn check_key_store(
     let refuse = |why: &str| {
         ConfigError::new(
             field,
-            format!(
-                "{}: {why}",
-                configured.unwrap_or_else(|| "flexgate-keys.json")
-            ),
+            format!("{}: {why}", configured.unwrap_or("flexgate-keys.json")),
         )
     };
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {

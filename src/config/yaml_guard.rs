@@ -5,35 +5,35 @@
 //! them, so a document using one is refused before it is expanded: only
 //! libyaml's scanner runs (linear in the input, no tree built).
 
-use unsafe_libyaml as y;
-
 /// `Err` names the first anchor or alias (line and column, 1-based).
 /// A syntax error is left to the YAML parser, which reports it in detail.
 pub fn refuse_anchors(text: &str) -> Result<(), String> {
-    let mut parser = std::mem::MaybeUninit::<y::yaml_parser_t>::uninit();
+    let mut parser = std::mem::MaybeUninit::<unsafe_libyaml::yaml_parser_t>::uninit();
     // SAFETY: the parser is initialised before use and deleted on every
     // path; the input slice outlives the parser (both live in this call);
     // every token is deleted after being read.
     unsafe {
-        if y::yaml_parser_initialize(parser.as_mut_ptr()).fail {
+        if unsafe_libyaml::yaml_parser_initialize(parser.as_mut_ptr()).fail {
             return Err("cannot start the YAML scanner".into());
         }
         let parser = parser.as_mut_ptr();
-        y::yaml_parser_set_input_string(parser, text.as_ptr(), text.len() as _);
+        unsafe_libyaml::yaml_parser_set_input_string(parser, text.as_ptr(), text.len() as _);
         let result = loop {
-            let mut token = std::mem::MaybeUninit::<y::yaml_token_t>::uninit();
-            if y::yaml_parser_scan(parser, token.as_mut_ptr()).fail {
+            let mut token = std::mem::MaybeUninit::<unsafe_libyaml::yaml_token_t>::uninit();
+            if unsafe_libyaml::yaml_parser_scan(parser, token.as_mut_ptr()).fail {
                 // A syntax error: the YAML parser reports it with its position.
                 break Ok(());
             }
             let token = token.as_mut_ptr();
             let kind = (*token).type_;
             let mark = (*token).start_mark;
-            y::yaml_token_delete(token);
+            unsafe_libyaml::yaml_token_delete(token);
             let what = match kind {
-                y::YAML_ANCHOR_TOKEN => Some("an anchor (&name)"),
-                y::YAML_ALIAS_TOKEN => Some("an alias (*name)"),
-                y::YAML_STREAM_END_TOKEN | y::YAML_NO_TOKEN => break Ok(()),
+                unsafe_libyaml::YAML_ANCHOR_TOKEN => Some("an anchor (&name)"),
+                unsafe_libyaml::YAML_ALIAS_TOKEN => Some("an alias (*name)"),
+                unsafe_libyaml::YAML_STREAM_END_TOKEN | unsafe_libyaml::YAML_NO_TOKEN => {
+                    break Ok(())
+                }
                 _ => None,
             };
             if let Some(what) = what {
@@ -44,7 +44,7 @@ pub fn refuse_anchors(text: &str) -> Result<(), String> {
                 ));
             }
         };
-        y::yaml_parser_delete(parser);
+        unsafe_libyaml::yaml_parser_delete(parser);
         result
     }
 }
