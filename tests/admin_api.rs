@@ -910,6 +910,19 @@ async fn openapi_describes_every_endpoint() {
         expected.len(),
         "no undocumented extras, no missing ones"
     );
+    // The admin defences' answers are documented on every operation.
+    for (p, m) in expected {
+        let responses = &doc["paths"][p][m]["responses"];
+        assert!(responses["421"].is_object(), "{m} {p}: 421");
+        if p.starts_with("/api/") {
+            assert!(responses["429"].is_object(), "{m} {p}: 429");
+            assert!(responses["403"].is_object(), "{m} {p}: 403");
+        }
+    }
+    assert!(doc["paths"]["/api/config"]["post"]["responses"]["408"].is_object());
+    assert!(
+        doc["components"]["schemas"]["AdminSection"]["properties"]["maxConnections"].is_object()
+    );
     // Every documented operation answers something other than 404/405.
     for (p, m) in expected {
         let uri = p.replace("{key}", "route-0").replace("{id}", "config-0");
