@@ -505,10 +505,9 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
             if !ok {
                 e.push(ConfigError::new(
                     format!("security.auth.keys[{i}].key"),
-                    format!(
-                        "{:?} is not a SHA-256 digest: give the lowercase hex SHA-256 of the key (64 characters; `flexgate keys hash KEY` prints it)",
-                        k.key
-                    ),
+                    // The value is not repeated: it may be a key pasted
+                    // in by mistake, and this message is logged.
+                    "is not a SHA-256 digest: give the lowercase hex SHA-256 of the key (64 characters; `flexgate keys hash KEY` prints it)",
                 ));
             } else if !seen.insert(&k.key) {
                 e.push(ConfigError::new(
