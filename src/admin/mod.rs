@@ -11,8 +11,15 @@
 //! `admin.publicEndpoints: false`. Every `/api/*` call needs
 //! `Authorization: Bearer <token>` (`admin.token` or
 //! `FLEXGATE_ADMIN_TOKEN`, compared in constant time) or a session cookie
-//! from `POST /api/session` (`session.rs`); without a configured token
-//! `/api/*` answers 403 and says why (also logged at start).
+//! from `POST /api/session` (`session.rs`); without a configured token, or
+//! with a weak one (under 16 bytes), `/api/*` and `POST /api/session`
+//! answer 403 and say why (also logged at start).
+//!
+//! Defences: failed sign-ins are limited per client address
+//! (`auth_limit.rs`, 429); bodies are capped and read with a deadline
+//! (`api.rs`); connections are capped (`serve.rs`); with
+//! `admin.allowedHosts`, other `Host`s get 421 (DNS rebinding). Secrets
+//! never appear in answers or audit entries (`config::redact`).
 //!
 //! Parts: `api.rs` (error shape, body rules), `write.rs` (the path of every
 //! write: validate, dry-run compile, commit to the store with audit
