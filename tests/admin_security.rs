@@ -316,20 +316,45 @@ fn the_key_store_cannot_point_outside_its_folder_or_at_a_device() {
             assert_eq!(j["details"][0]["path"], "security.auth.keyStore", "{j}");
         }
     }
-    // A symbolic link out of the folder is refused too.
+    // A symbolic link out of the folder, and a FIFO in it, are refused too.
     std::os::unix::fs::symlink("/etc/passwd", gw.dir.path().join("link.json")).unwrap();
+    let fifo = gw.dir.path().join("fifo.json");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for name in ["link.json", "fifo.json"] {
+        let mut doc = exported.clone();
+        doc["security"] = serde_json::json!({"auth": {"keyStore": name}});
+        let start = Instant::now();
+        let body = doc.to_string();
+        let r = request(
+            admin,
+            "POST",
+            "/api/config",
+            &[BEARER, JSON],
+            body.as_bytes(),
+        );
+        assert!(start.elapsed() < Duration::from_secs(3), "{name}: blocked");
+        assert_eq!(r.status, 422, "{name}: {}", r.text());
+        assert_eq!(r.json()["details"][0]["path"], "security.auth.keyStore");
+    }
+    assert_eq!(std::fs::read_to_string(&gw.config_path).unwrap(), before);
+    assert_eq!(request(admin, "GET", "/health", &[], b"").status, 200);
+    // A key store in a folder beside the config is fine.
+    std::fs::create_dir(gw.dir.path().join("state")).unwrap();
     let mut doc = exported.clone();
-    doc["security"] = serde_json::json!({"auth": {"keyStore": "link.json"}});
+    doc["security"] = serde_json::json!({"auth": {"keyStore": "state/keys.json"}});
+    let body = doc.to_string();
     let r = request(
         admin,
         "POST",
         "/api/config",
         &[BEARER, JSON],
-        doc.to_string().as_bytes(),
+        body.as_bytes(),
     );
-    assert_eq!(r.status, 422, "{}", r.text());
-    assert_eq!(std::fs::read_to_string(&gw.config_path).unwrap(), before);
-    assert_eq!(request(admin, "GET", "/health", &[], b"").status, 200);
+    assert_eq!(r.status, 200, "{}", r.text());
 
     for bad in ["/dev/zero", "../../etc/passwd"] {
         let (code, err) = check(
