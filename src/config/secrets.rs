@@ -295,15 +295,32 @@ pub fn restore_sources(out: &mut Value, raw: Option<&Value>, resolved: Option<&V
         }
         Value::Array(items) => {
             for (i, x) in items.iter_mut().enumerate() {
+                // Entries with an `id` or `name` (webhooks, upstreams,
+                // routes) are matched by it, so a deletion before them does
+                // not pair them with another entry's source.
+                let j = entry_key(x)
+                    .and_then(|k| {
+                        raw.and_then(Value::as_array)?
+                            .iter()
+                            .position(|r| entry_key(r) == Some(k))
+                    })
+                    .unwrap_or(i);
                 restore_sources(
                     x,
-                    raw.and_then(|r| r.get(i)),
-                    resolved.and_then(|r| r.get(i)),
+                    raw.and_then(|r| r.get(j)),
+                    resolved.and_then(|r| r.get(j)),
                 );
             }
         }
         _ => {}
     }
+}
+
+/// The `id` (else `name`) of a list entry.
+fn entry_key(v: &Value) -> Option<&str> {
+    v.get("id")
+        .and_then(Value::as_str)
+        .or_else(|| v.get("name").and_then(Value::as_str))
 }
 
 /// Shortest admin token accepted (bytes).
@@ -352,6 +369,18 @@ mod tests {
             out,
             serde_json::json!({"a": "${A}", "b": "$${HOME}", "w": [{"secretFile": "s.txt"}]})
         );
+        // Matched by id, not position.
+        let raw = serde_json::json!({"w": [{"id": "x", "secret": "${X}"}, {"id": "y", "secret": "${Y}"}]});
+        let res =
+            serde_json::json!({"w": [{"id": "x", "secret": "1"}, {"id": "y", "secret": "2"}]});
+        let mut out = serde_json::json!({"w": [{"id": "y", "secret": "2"}]});
+        restore_sources(&mut out, Some(&raw), Some(&res));
+        assert_eq!(
+            out,
+            serde_json::json!({"w": [{"id": "y", "secret": "${Y}"}]})
+        );
+        let raw = serde_json::json!({"a": "${A}", "w": [{"secretFile": "s.txt"}]});
+        let res = serde_json::json!({"a": "x", "w": [{"secret": "S"}]});
         let mut changed = serde_json::json!({"a": "y", "w": [{"secret": "T"}]});
         restore_sources(&mut changed, Some(&raw), Some(&res));
         assert_eq!(
