@@ -875,7 +875,23 @@ fn url_passwords_never_reach_the_log() {
         json.json()["rateLimit"]["redis"]["url"],
         "redis://:<redacted>@127.0.0.1:1"
     );
+    // A refused URL is quoted without its password.
+    let r = request(
+        gw.admin_port,
+        "POST",
+        "/api/upstreams",
+        &[BEARER, JSON],
+        br#"{"name": "creds", "url": "http://bob:upstream-pass-55@127.0.0.1:9"}"#,
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text().contains("bob:<redacted>@127.0.0.1:9"),
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains("upstream-pass-55"), "{}", r.text());
     let log = gw.log();
+    assert!(!log.contains("upstream-pass-55"), "{log}");
     assert!(!log.contains("redis-pass-7890"), "{log}");
     assert!(!log.contains(NATS_PASS), "{log}");
     // The addresses themselves are logged, masked.
