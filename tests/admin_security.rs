@@ -842,6 +842,16 @@ fn check_names_unset_variables_missing_files_and_double_settings() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not both"), "{err}");
+    let (code, err) = check(
+        "admin:\n  maxConnections: 0\n  allowedHosts: [\"*.example\"]\n",
+        &[],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("admin.maxConnections") && err.contains("admin.allowedHosts[0]"),
+        "{err}"
+    );
     let (code, err) = check("database:\n  urlFile: /dev/zero\n", &[], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("database.urlFile"), "{err}");
