@@ -522,7 +522,7 @@ pub struct WebhookConfig {
     pub initial_delay: Option<Millis>,
     pub backoff_multiplier: Option<f64>,
     pub headers: BTreeMap<String, String>,
-    /// HMAC-SHA256 signing secret of the deliveries.
+    /// Secret the deliveries are signed with.
     pub secret: Option<String>,
     /// File holding `secret` (read at load; trailing newline trimmed).
     /// Instead of `secret`; config file only.
