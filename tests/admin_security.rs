@@ -478,7 +478,19 @@ fn assert_no_secret(what: &str, text: &str) {
 #[test]
 fn secrets_are_redacted_and_an_export_import_round_trip_keeps_them() {
     let up = TestUpstream::start("app", Behavior::Ok);
-    let gw = Gateway::start("", &secrets_config(&up));
+    // An audit entry written before secrets were redacted in the log.
+    let old_entry = serde_json::json!({
+        "id": 1, "time": "2026-01-01T00:00:00Z", "actor": "admin-token", "action": "update",
+        "resource": "webhook/hook", "version": 1,
+        "before": null,
+        "after": {"id": "hook", "url": "http://127.0.0.1:9/hook", "secret": HOOK_SECRET},
+    });
+    let gw = start_custom(
+        "",
+        &secrets_config(&up),
+        &[],
+        &[("flexgate-audit.jsonl", &format!("{old_entry}\n"))],
+    );
     let admin = gw.admin_port;
     assert_eq!(
         request(
@@ -596,7 +608,17 @@ fn secrets_are_redacted_and_an_export_import_round_trip_keeps_them() {
     let audit = request(admin, "GET", "/api/logs?limit=500", &[BEARER], b"");
     assert_eq!(audit.status, 200);
     assert!(audit.text().contains("webhook/hook"), "{}", audit.text());
+    assert!(
+        audit.text().contains("2026-01-01T00:00:00Z"),
+        "the older entry is listed: {}",
+        audit.text()
+    );
     assert_no_secret("the audit log", &audit.text());
+    // On disk, new entries hold no secret either.
+    let on_disk = std::fs::read_to_string(gw.dir.path().join("flexgate-audit.jsonl")).unwrap();
+    let new_entries: Vec<&str> = on_disk.lines().skip(1).collect();
+    assert!(!new_entries.is_empty());
+    assert_no_secret("the stored audit entries", &new_entries.join("\n"));
     // Nor does any line the gateway wrote.
     assert_no_secret("the gateway log", &gw.log());
 }

@@ -451,7 +451,14 @@ pub async fn logs(
         since: p.since,
         until: p.until,
     };
-    let page: AuditPage = st.store.audit(&q).await?;
+    let mut page: AuditPage = st.store.audit(&q).await?;
+    // Entries are stored redacted; entries written by an older version
+    // (or another node) are redacted here too.
+    for e in &mut page.entries {
+        for v in [&mut e.before, &mut e.after].into_iter().flatten() {
+            config::redact::value(v);
+        }
+    }
     Ok(axum::Json(page).into_response())
 }
 
