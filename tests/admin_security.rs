@@ -708,13 +708,18 @@ webhooks:
   - id: hook
     url: "http://127.0.0.1:9/hook"
     secret: "${{HOOK_SECRET_FOR_TEST}}"
+history:
+  nodeId: "${{NODE_FOR_TEST}}"
 "#,
         up.url()
     );
     let gw = start_custom(
         "",
         &body,
-        &[("HOOK_SECRET_FOR_TEST", HOOK_SECRET)],
+        &[
+            ("HOOK_SECRET_FOR_TEST", HOOK_SECRET),
+            ("NODE_FOR_TEST", "node-a"),
+        ],
         &[("jwt.txt", &format!("{JWT_SECRET}\n"))],
     );
     let admin = gw.admin_port;
@@ -747,6 +752,11 @@ webhooks:
     assert!(file.contains("${HOOK_SECRET_FOR_TEST}"), "{file}");
     assert!(file.contains("secretFile: jwt.txt"), "{file}");
     assert!(file.contains("$${NOT_EXPANDED}"), "{file}");
+    // Boot sections are kept as written.
+    assert!(
+        file.contains("nodeId: ${NODE_FOR_TEST}") && !file.contains("$${NODE_FOR_TEST}"),
+        "{file}"
+    );
     assert!(
         !file.contains(HOOK_SECRET) && !file.contains(JWT_SECRET),
         "{file}"

@@ -255,8 +255,12 @@ pub fn unresolved_files(cfg: &FileConfig) -> Vec<ConfigError> {
 pub fn restore_sources(out: &mut Value, raw: Option<&Value>, resolved: Option<&Value>) {
     match out {
         Value::String(s) => {
-            if let (Some(Value::String(r)), Some(Value::String(res))) = (raw, resolved) {
-                if r.contains("${") && res == s {
+            if let Some(Value::String(r)) = raw {
+                // Taken from the file as written (boot sections): as is.
+                if r == s {
+                    return;
+                }
+                if r.contains("${") && resolved.and_then(Value::as_str) == Some(s.as_str()) {
                     *s = r.clone();
                     return;
                 }
@@ -381,6 +385,10 @@ mod tests {
         );
         let raw = serde_json::json!({"a": "${A}", "w": [{"secretFile": "s.txt"}]});
         let res = serde_json::json!({"a": "x", "w": [{"secret": "S"}]});
+        // A value copied from the file as written stays as written.
+        let mut boot = serde_json::json!({"a": "${A}"});
+        restore_sources(&mut boot, Some(&raw), Some(&res));
+        assert_eq!(boot, serde_json::json!({"a": "${A}"}));
         let mut changed = serde_json::json!({"a": "y", "w": [{"secret": "T"}]});
         restore_sources(&mut changed, Some(&raw), Some(&res));
         assert_eq!(
