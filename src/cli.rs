@@ -141,13 +141,9 @@ pub(crate) fn parse_lifetime(text: &str) -> Result<u64, String> {
 fn key_store_of(config: &std::path::Path) -> Result<PathBuf, String> {
     let cfg = config::load_file(config)
         .map_err(|e| format!("invalid config {}:\n{e}", config.display()))?;
-    Ok(crate::keys::store::store_path(
-        config,
-        cfg.security
-            .auth
-            .as_ref()
-            .and_then(|a| a.key_store.as_deref()),
-    ))
+    let auth = cfg.security.auth.as_ref();
+    config::check_key_store(config, auth.and_then(|a| a.key_store.as_deref()))
+        .map_err(|e| format!("invalid config {}:\n{e}", config.display()))
 }
 
 fn keys_command(command: KeysCommand) -> Result<(), String> {
@@ -347,7 +343,7 @@ fn migrate(
                     config_path.display()
                 )
             })?;
-            let cfg = config::parse(&text)
+            let cfg = config::parse_file_text(&text, &config::base_dir(config_path))
                 .map_err(|e| format!("invalid config {}:\n{e}", config_path.display()))?;
             cfg.database
                 .and_then(|d| d.url)
@@ -361,7 +357,8 @@ fn migrate(
                 })?
         }
     };
-    let store = crate::store::postgres::PgStore::new(&url).map_err(|e| e.to_string())?;
+    let store = crate::store::postgres::PgStore::new(&url)
+        .map_err(|e| format!("{}: {e}", config::redact::url(&url)))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -382,6 +379,20 @@ fn check(path: &std::path::Path) -> i32 {
                     );
                     return 1;
                 }
+            }
+            let auth = cfg.security.auth.as_ref();
+            if let Err(e) = config::check_key_store(path, auth.and_then(|a| a.key_store.as_deref()))
+            {
+                eprintln!(
+                    "flexgate: configuration file {} is invalid:\n  {e}",
+                    path.display()
+                );
+                return 1;
+            }
+            // A weak token does not stop the gateway (the proxy serves, the
+            // admin API stays disabled): a warning, not an invalid file.
+            if let Some(w) = config::admin_token_warning(&cfg) {
+                eprintln!("flexgate: warning: {w}");
             }
             println!(
                 "flexgate: configuration file {} is valid ({} upstreams, {} routes)",

@@ -71,7 +71,7 @@ fn read_inputs(path: &Path, managed: Option<&Versioned>) -> (u64, Inputs) {
         }
     };
     let mut hash = text_hash(&text);
-    let cfg = match config::parse_and_validate(&text) {
+    let cfg = match config::parse_and_validate_at(&text, &config::base_dir(path)) {
         Ok(c) => c,
         Err(e) => return (hash, Err(e)),
     };
@@ -79,13 +79,15 @@ fn read_inputs(path: &Path, managed: Option<&Versioned>) -> (u64, Inputs) {
         hash ^= m.version.rotate_left(29);
         return (hash, Ok((cfg, m.state.clone())));
     }
-    let store = store_path(
-        path,
-        cfg.security
-            .auth
-            .as_ref()
-            .and_then(|a| a.key_store.as_deref()),
-    );
+    let configured = cfg
+        .security
+        .auth
+        .as_ref()
+        .and_then(|a| a.key_store.as_deref());
+    if let Err(e) = config::check_key_store(path, configured) {
+        return (hash, Err(ConfigErrors(vec![e])));
+    }
+    let store = store_path(path, configured);
     hash ^= text_hash(&std::fs::read_to_string(&store).unwrap_or_default()).rotate_left(17);
     match load_keys(&store) {
         Ok(keys) => {
@@ -169,6 +171,11 @@ impl ConfigHandle {
     /// [`ConfigHandle::install`].
     pub fn prepare(&self, state: &State) -> Result<Snapshot, ConfigErrors> {
         state.config.validate()?;
+        if !self.is_managed() {
+            let auth = state.config.security.auth.as_ref();
+            config::check_key_store(&self.path, auth.and_then(|a| a.key_store.as_deref()))
+                .map_err(|e| ConfigErrors(vec![e]))?;
+        }
         let prev = self.current();
         snapshot::compile(&state.config, &state.keys, Some(&prev), prev.version)
     }

@@ -178,23 +178,11 @@ fn database_state(
                 })
             }
         },
-        Err(e) => Err(format!("database {}: {e}", redact(url))),
+        Err(e) => Err(format!("database {}: {e}", redact_url(url))),
     }
 }
 
-/// A database URL without its password (for messages).
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+use crate::config::redact::url as redact_url;
 
 /// Fails start-up with the field's name when a listening address is taken.
 ///
@@ -286,7 +274,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
 
     let stats = Arc::new(ProxyStats::default());
     // The Redis URL is a boot setting: read once at start.
-    let redis = (file.rate_limit.backend.as_deref() == Some("redis"))
+    let redis_url = (file.rate_limit.backend.as_deref() == Some("redis"))
         .then(|| {
             file.rate_limit
                 .redis
@@ -295,8 +283,8 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
                 .or_else(|| file.redis.as_ref().and_then(|r| r.url.clone()))
                 .or_else(|| std::env::var("REDIS_URL").ok())
         })
-        .flatten()
-        .map(RedisLimiter::new);
+        .flatten();
+    let redis = redis_url.clone().map(RedisLimiter::new);
     if let Some(limiter) = &redis {
         server.add_service(background_service(
             "redis rate limiter",
@@ -389,6 +377,11 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         config: handle.clone(),
         stats: stats.clone(),
         token: boot.admin_token.as_deref().map(Arc::from),
+        token_weak: crate::config::admin_token_warning(&file).map(Arc::from),
+        // The admin listener is plain TCP (loopback by default).
+        listener_tls: false,
+        allowed_hosts: boot.admin_allowed_hosts.clone().into(),
+        failures: Arc::default(),
         redis: redis.clone(),
         store: store.clone(),
         sessions: Arc::default(),
@@ -396,7 +389,9 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         on_commit,
         cluster,
     };
-    if admin_state.token.is_none() {
+    if let Some(why) = &admin_state.token_weak {
+        tracing::warn!(listen = %boot.admin_listen, "{why}");
+    } else if admin_state.token.is_none() {
         tracing::warn!(
             listen = %boot.admin_listen,
             "no admin token configured (admin.token or FLEXGATE_ADMIN_TOKEN): the admin API (/api/*) refuses every call; /health* still answer"
@@ -404,9 +399,10 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     }
     let mut admin = Service::new(
         "flexgate admin".to_string(),
-        crate::admin::serve::AdminApp {
-            router: crate::admin::app(admin_state),
-        },
+        crate::admin::serve::AdminApp::new(
+            crate::admin::app(admin_state),
+            boot.admin_max_connections,
+        ),
     );
     admin.threads = Some(1);
     admin.add_tcp(&boot.admin_listen.to_string());
@@ -432,6 +428,14 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     ));
 
     let snap = handle.current();
+    // External services, passwords masked (`config::redact::url`).
+    let masked = |u: Option<String>| u.map_or_else(|| "-".to_string(), |u| redact_url(&u));
+    tracing::info!(
+        database = %masked(database.clone()),
+        redis = %masked(redis_url),
+        nats = %masked(nats_url(&file)),
+        "external services"
+    );
     tracing::info!(
         listen = ?boot.listen,
         threads = boot.threads,

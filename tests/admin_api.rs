@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use tower::ServiceExt;
 
-const TOKEN: &str = "t0ken";
+const TOKEN: &str = "t0ken-0123456789abcdef";
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -94,7 +94,7 @@ async fn call(
     }
 }
 
-const AUTH: (&str, &str) = ("authorization", "Bearer t0ken");
+const AUTH: (&str, &str) = ("authorization", "Bearer t0ken-0123456789abcdef");
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 async fn get(st: &AdminState, uri: &str) -> Resp {
@@ -909,6 +909,19 @@ async fn openapi_describes_every_endpoint() {
         documented,
         expected.len(),
         "no undocumented extras, no missing ones"
+    );
+    // The admin defences' answers are documented on every operation.
+    for (p, m) in expected {
+        let responses = &doc["paths"][p][m]["responses"];
+        assert!(responses["421"].is_object(), "{m} {p}: 421");
+        if p.starts_with("/api/") {
+            assert!(responses["429"].is_object(), "{m} {p}: 429");
+            assert!(responses["403"].is_object(), "{m} {p}: 403");
+        }
+    }
+    assert!(doc["paths"]["/api/config"]["post"]["responses"]["408"].is_object());
+    assert!(
+        doc["components"]["schemas"]["AdminSection"]["properties"]["maxConnections"].is_object()
     );
     // Every documented operation answers something other than 404/405.
     for (p, m) in expected {

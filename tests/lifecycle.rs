@@ -46,12 +46,14 @@ fn check_rejects_placeholder_key_digests_of_the_quickstart_example() {
     let (code, _, err) = run_cli(&["check", "-c", &fixture("seed-quickstart.yaml")]);
     assert_eq!(code, 1);
     assert!(
-        err.contains(
-            "security.auth.keys[0].key: \"client-a-key-sha256-hash\" is not a SHA-256 digest"
-        ),
+        err.contains("security.auth.keys[0].key: is not a SHA-256 digest"),
         "{err}"
     );
     assert!(err.contains("security.auth.keys[1].key"), "{err}");
+    assert!(
+        !err.contains("client-a-key-sha256-hash"),
+        "the value (maybe a key) is not echoed: {err}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! `{"error": "<code>", "message": "...", "status": 422, "details": [{"path": "routes[0].path", "message": "..."}]}`.
 //!
 //! Bodies: `application/json` only (415 otherwise), at most
-//! [`MAX_BODY_BYTES`] (413), malformed JSON → 400, a value of the wrong type
+//! [`MAX_BODY_BYTES`] (413), whole within [`BODY_TIMEOUT`] (408), malformed JSON → 400, a value of the wrong type
 //! or an unknown field → 422 naming the field.
 
 use crate::config::ConfigErrors;
@@ -153,38 +153,56 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-/// Reads a whole body, bounded: 413 beyond [`MAX_BODY_BYTES`].
+/// Time allowed for a whole request body to arrive.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads a whole body, bounded: 413 beyond [`MAX_BODY_BYTES`], 408 when it
+/// does not arrive within [`BODY_TIMEOUT`].
 pub async fn read_body(req: Request) -> Result<bytes::Bytes, ApiError> {
+    read_body_limited(req, MAX_BODY_BYTES).await
+}
+
+/// [`read_body`] with another size limit.
+pub async fn read_body_limited(req: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            format!("the request body is larger than {limit} bytes"),
         )
     };
     if req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n > MAX_BODY_BYTES)
+        .is_some_and(|n| n > limit)
     {
         return Err(too_large());
     }
-    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-        .await
-        .map_err(|e| {
-            let is_limit = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if is_limit {
-                too_large()
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("cannot read the request body: {e}"),
-                )
-            }
-        })
+    let read = axum::body::to_bytes(req.into_body(), limit);
+    let Ok(result) = tokio::time::timeout(BODY_TIMEOUT, read).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    result.map_err(|e| {
+        let is_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if is_limit {
+            too_large()
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("cannot read the request body: {e}"),
+            )
+        }
+    })
 }
 
 /// Parses JSON into `T`: syntax errors → 400, type errors and unknown

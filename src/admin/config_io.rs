@@ -9,6 +9,11 @@
 //! it like `flexgate check`, and replaces the dynamic config; boot settings
 //! in it (`proxy.port`, `admin`, …) are listed as `ignored`. `?dryRun=true`
 //! answers with the changes it would make and changes nothing.
+//!
+//! Secrets are exported as [`config::redact::MARKER`]; an imported marker
+//! keeps the stored value. An imported document is data: `${NAME}` is not
+//! expanded, `…File` fields are refused, and YAML anchors/aliases are
+//! refused (a few bytes of aliases can expand to billions of nodes).
 
 use super::api::{media_type, read_body, ApiError};
 use super::resources::{json_of, with_version};
@@ -92,17 +97,20 @@ pub async fn export(
     let (version, mut state) = st.config.current_state();
     materialize_ids(&mut state);
     let file = state.config.to_file_config();
+    // Secrets never leave: importing the export back keeps them.
+    let mut v = config::redact::json_of(&file);
     let mut resp = match params.format.unwrap_or(ExportFormat::Yaml) {
         ExportFormat::Yaml => {
             let text = format!(
-                "# FlexGate dynamic config, version {version}, exported {}\n{}",
+                "# FlexGate dynamic config, version {version}, exported {}\n\
+                 # Secrets show as {:?}; importing this document keeps them.\n{}",
                 crate::store::now_rfc3339(),
-                config::to_clean_yaml(&file)
+                config::redact::MARKER,
+                config::clean_yaml_of(v)
             );
             ([(header::CONTENT_TYPE, "application/yaml")], text).into_response()
         }
         ExportFormat::Json => {
-            let mut v = serde_json::to_value(&file).unwrap_or_default();
             config::prune(&mut v);
             axum::Json(v).into_response()
         }
@@ -236,7 +244,8 @@ pub fn diff(old: &DynamicConfig, new: &DynamicConfig) -> Vec<Change> {
         description = "A config document (the shape of GET /api/config)"),
     responses(
         (status = 200, description = "Applied (or, with dryRun, what would change)", body = ImportResult),
-        (status = 400, description = "Malformed YAML/JSON or query", body = super::api::ErrorBody),
+        (status = 400, description = "Malformed YAML/JSON or query; YAML anchors/aliases", body = super::api::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = super::api::ErrorBody),
         (status = 401, description = "No or wrong credentials", body = super::api::ErrorBody),
         (status = 403, description = "Writes disabled or cross-site request", body = super::api::ErrorBody),
         (status = 409, description = "Stale If-Match", body = super::api::ErrorBody),
@@ -271,45 +280,17 @@ pub async fn import(
         }
     }
     let body = read_body(req).await?;
-    let text = std::str::from_utf8(&body).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_yaml",
-            "the body is not UTF-8",
-        )
-    })?;
-    // JSON is read as JSON (YAML parsers differ on escapes such as surrogate
-    // pairs), then checked through the same path as YAML.
-    let converted;
-    let text = if media_type(&headers).as_deref() == Some("application/json") {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not valid JSON: {e}"),
-            )
-        })?;
-        converted = serde_yaml::to_string(&v).unwrap_or_default();
-        converted.as_str()
-    } else {
-        text
-    };
-    if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(text) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_yaml",
-            format!("the body is not YAML or JSON: {e}"),
-        ));
+    let is_json = media_type(&headers).as_deref() == Some("application/json");
+    // Parsing and checking a document is CPU work: off the admin thread.
+    let (ignored, mut incoming) =
+        tokio::task::spawn_blocking(move || parse_document(&body, is_json)).await??;
+    let (_, current_state) = st.config.current_state();
+    let mut current_state = current_state;
+    materialize_ids(&mut current_state);
+    let errs = config::redact::keep_unchanged(&mut incoming, &current_state.config);
+    if !errs.is_empty() {
+        return Err(config::ConfigErrors(errs).into());
     }
-    let file = config::parse(text)?;
-    let ignored = boot_settings(&file);
-    let mut incoming = file.dynamic();
-    let mut tmp = crate::store::State {
-        config: incoming,
-        keys: Default::default(),
-    };
-    materialize_ids(&mut tmp);
-    incoming = tmp.config;
     incoming.validate()?;
     let dry_run = params.dry_run.unwrap_or(false);
     let summarize = |changes: &[Change]| -> Vec<ImportChange> {
@@ -363,6 +344,51 @@ pub async fn import(
             ignored,
         },
     ))
+}
+
+/// An imported document → (boot settings it sets, its dynamic config with
+/// explicit ids). YAML anchors and aliases are refused before parsing.
+fn parse_document(body: &[u8], is_json: bool) -> Result<(Vec<String>, DynamicConfig), ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_yaml",
+            "the body is not UTF-8",
+        )
+    })?;
+    // JSON is read as JSON (YAML parsers differ on escapes such as surrogate
+    // pairs), then checked through the same path as YAML.
+    let converted;
+    let text = if is_json {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?;
+        converted = serde_yaml::to_string(&v).unwrap_or_default();
+        converted.as_str()
+    } else {
+        config::yaml_guard::refuse_anchors(text)
+            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_yaml", m))?;
+        text
+    };
+    if let Err(e) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_yaml",
+            format!("the body is not YAML or JSON: {e}"),
+        ));
+    }
+    let file = config::parse(text)?;
+    let ignored = boot_settings(&file);
+    let mut tmp = crate::store::State {
+        config: file.dynamic(),
+        keys: Default::default(),
+    };
+    materialize_ids(&mut tmp);
+    Ok((ignored, tmp.config))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -425,7 +451,14 @@ pub async fn logs(
         since: p.since,
         until: p.until,
     };
-    let page: AuditPage = st.store.audit(&q).await?;
+    let mut page: AuditPage = st.store.audit(&q).await?;
+    // Entries are stored redacted; entries written by an older version
+    // (or another node) are redacted here too.
+    for e in &mut page.entries {
+        for v in [&mut e.before, &mut e.after].into_iter().flatten() {
+            config::redact::value(v);
+        }
+    }
     Ok(axum::Json(page).into_response())
 }
 

@@ -11,8 +11,15 @@
 //! `admin.publicEndpoints: false`. Every `/api/*` call needs
 //! `Authorization: Bearer <token>` (`admin.token` or
 //! `FLEXGATE_ADMIN_TOKEN`, compared in constant time) or a session cookie
-//! from `POST /api/session` (`session.rs`); without a configured token
-//! `/api/*` answers 403 and says why (also logged at start).
+//! from `POST /api/session` (`session.rs`); without a configured token, or
+//! with a weak one (under 16 bytes), `/api/*` and `POST /api/session`
+//! answer 403 and say why (also logged at start).
+//!
+//! Defences: failed sign-ins are limited per client address
+//! (`auth_limit.rs`, 429); bodies are capped and read with a deadline
+//! (`api.rs`); connections are capped (`serve.rs`); with
+//! `admin.allowedHosts`, other `Host`s get 421 (DNS rebinding). Secrets
+//! never appear in answers or audit entries (`config::redact`).
 //!
 //! Parts: `api.rs` (error shape, body rules), `write.rs` (the path of every
 //! write: validate, dry-run compile, commit to the store with audit
@@ -22,6 +29,7 @@
 //! `openapi.rs` (`GET /api/openapi.json`, generated from these handlers).
 
 pub mod api;
+pub mod auth_limit;
 pub mod config_io;
 pub mod history;
 pub mod keys;
@@ -57,6 +65,15 @@ pub struct AdminState {
     pub config: Arc<ConfigHandle>,
     pub stats: Arc<ProxyStats>,
     pub token: Option<Arc<str>>,
+    /// Why the configured token cannot be used (too short, empty): the
+    /// admin API then stays disabled.
+    pub token_weak: Option<Arc<str>>,
+    /// Whether the admin listener is TLS (the session cookie's `Secure`).
+    pub listener_tls: bool,
+    /// `admin.allowedHosts`, lower-case (empty: any host).
+    pub allowed_hosts: Arc<[String]>,
+    /// Failed sign-ins per client address.
+    pub failures: Arc<auth_limit::Failures>,
     /// The Redis rate-limit backend, when configured (for `/metrics`).
     pub redis: Option<Arc<crate::limit::redis::RedisLimiter>>,
     /// Where writes are persisted.
@@ -81,6 +98,10 @@ impl AdminState {
             config: handle,
             stats: Arc::default(),
             token: boot.admin_token.as_deref().map(Arc::from),
+            token_weak: crate::config::admin_token_warning(&file).map(Arc::from),
+            listener_tls: false,
+            allowed_hosts: boot.admin_allowed_hosts.clone().into(),
+            failures: Arc::default(),
             redis: None,
             sessions: Arc::default(),
             public_endpoints: boot.admin_public_endpoints,
@@ -102,13 +123,64 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
+/// 403 while the admin API is disabled (no token, or a weak one).
+fn disabled(st: &AdminState) -> Option<ApiError> {
+    if let Some(why) = &st.token_weak {
+        return Some(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            format!("the admin API is disabled because the admin token is weak: {why}"),
+        ));
+    }
+    st.token.is_none().then(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "no admin token is configured (set admin.token or FLEXGATE_ADMIN_TOKEN)",
+        )
+    })
+}
+
+/// 429 while the client is over the failed sign-in limit.
+fn throttled(st: &AdminState, peer: Option<serve::PeerAddr>) -> Option<Response> {
+    let serve::PeerAddr(ip) = peer?;
+    match st.failures.blocked(ip) {
+        None => None,
+        Some(wait) => {
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!(
+                    "too many failed sign-ins from {ip} ({} within {} s); try again in {wait} s",
+                    auth_limit::MAX_FAILURES,
+                    auth_limit::WINDOW.as_secs()
+                ),
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
+            Some(resp)
+        }
+    }
+}
+
+/// Counts a failed sign-in of the request's client.
+fn failed(st: &AdminState, peer: Option<serve::PeerAddr>) {
+    if let Some(serve::PeerAddr(ip)) = peer {
+        st.failures.fail(ip);
+    }
+}
+
 /// Who a request is, or why it is refused.
 fn authenticate(st: &AdminState, req: &Request) -> Result<Actor, ApiError> {
+    if let Some(e) = disabled(st) {
+        return Err(e);
+    }
     let Some(token) = &st.token else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "admin_disabled",
-            "no admin token is configured (set admin.token or FLEXGATE_ADMIN_TOKEN)",
+            "no admin token",
         ));
     };
     let unauthorized =
@@ -133,13 +205,28 @@ fn authenticate(st: &AdminState, req: &Request) -> Result<Actor, ApiError> {
     ))
 }
 
+/// Whether a request presented credentials (a wrong one counts as a
+/// failed sign-in; no credentials at all does not).
+fn presents_credentials(req: &Request) -> bool {
+    req.headers().contains_key(header::AUTHORIZATION) || session::cookie(req.headers()).is_some()
+}
+
 async fn require_auth(State(st): State<AdminState>, mut req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<serve::PeerAddr>().copied();
+    if disabled(&st).is_none() {
+        if let Some(resp) = throttled(&st, peer) {
+            return resp;
+        }
+    }
     match authenticate(&st, &req) {
         Ok(actor) => {
             req.extensions_mut().insert(actor);
             next.run(req).await
         }
         Err(e) => {
+            if e.status == StatusCode::UNAUTHORIZED && presents_credentials(&req) {
+                failed(&st, peer);
+            }
             let mut resp = e.into_response();
             if resp.status() == StatusCode::UNAUTHORIZED {
                 resp.headers_mut().insert(
@@ -150,6 +237,47 @@ async fn require_auth(State(st): State<AdminState>, mut req: Request, next: Next
             resp
         }
     }
+}
+
+/// `admin.allowedHosts`: 421 for a request to another host name
+/// (DNS-rebinding defence). The port is ignored, names are compared
+/// lower-case.
+async fn check_host(State(st): State<AdminState>, req: Request, next: Next) -> Response {
+    if st.allowed_hosts.is_empty() {
+        return next.run(req).await;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host())
+        .map(host_without_port);
+    match host {
+        Some(h) if st.allowed_hosts.iter().any(|a| host_without_port(a) == h) => {
+            next.run(req).await
+        }
+        other => error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            &format!(
+                "the admin service does not answer for host {:?} (admin.allowedHosts)",
+                other.unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+/// `Example.COM:9180` → `example.com`; `[::1]:9180` → `::1`.
+fn host_without_port(h: &str) -> String {
+    let h = h.trim();
+    let bare = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else if h.matches(':').count() == 1 {
+        h.split(':').next().unwrap_or(h)
+    } else {
+        h
+    };
+    bare.trim_end_matches('.').to_ascii_lowercase()
 }
 
 async fn require_auth_if_private(
@@ -353,26 +481,35 @@ async fn prometheus(State(state): State<AdminState>) -> Response {
         (status = 200, description = "Signed in: Set-Cookie flexgate_session (HttpOnly, SameSite=Strict)", body = session::SessionCreated),
         (status = 400, description = "Malformed JSON", body = api::ErrorBody),
         (status = 401, description = "Wrong token", body = api::ErrorBody),
-        (status = 403, description = "No admin token is configured", body = api::ErrorBody),
-        (status = 413, description = "Body too large", body = api::ErrorBody),
+        (status = 403, description = "The admin API is disabled: no admin token, or a weak one (under 16 bytes)", body = api::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = api::ErrorBody),
+        (status = 413, description = "Body over 1 KiB", body = api::ErrorBody),
+        (status = 421, description = "Host not in admin.allowedHosts", body = api::ErrorBody),
+        (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = api::ErrorBody),
         (status = 415, description = "Not application/json", body = api::ErrorBody),
         (status = 422, description = "Invalid field", body = api::ErrorBody),
     ))]
-async fn create_session(State(st): State<AdminState>, req: Request) -> Result<Response, ApiError> {
+async fn create_session(State(st): State<AdminState>, req: Request) -> Result<Response, Response> {
+    if let Some(e) = disabled(&st) {
+        return Err(e.into_response());
+    }
     let Some(token) = st.token.clone() else {
-        return Err(ApiError::new(
+        return Err(error(
             StatusCode::FORBIDDEN,
             "admin_disabled",
-            "no admin token is configured (set admin.token or FLEXGATE_ADMIN_TOKEN)",
+            "no admin token",
         ));
     };
-    let secure = req
-        .headers()
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    let presented = session::presented_token(req).await?;
+    let peer = req.extensions().get::<serve::PeerAddr>().copied();
+    if let Some(resp) = throttled(&st, peer) {
+        return Err(resp);
+    }
+    let presented = session::presented_token(req)
+        .await
+        .map_err(IntoResponse::into_response)?;
     if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-        return Err(ApiError::new(
+        failed(&st, peer);
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the admin token is not valid",
@@ -380,9 +517,10 @@ async fn create_session(State(st): State<AdminState>, req: Request) -> Result<Re
     }
     let (value, expires_at) = st.sessions.create();
     let mut resp = Json(session::SessionCreated { expires_at }).into_response();
+    // `Secure` follows the admin listener itself, never a client header.
     resp.headers_mut().insert(
         header::SET_COOKIE,
-        session::set_cookie(Some(&value), secure),
+        session::set_cookie(Some(&value), st.listener_tls),
     );
     Ok(resp)
 }
@@ -398,8 +536,10 @@ async fn end_session(State(st): State<AdminState>, req: Request) -> Response {
         st.sessions.remove(&c);
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, session::set_cookie(None, false));
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        session::set_cookie(None, st.listener_tls),
+    );
     resp
 }
 
@@ -468,5 +608,6 @@ pub fn app(state: AdminState) -> Router {
         .merge(probes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .with_state(state)
 }

@@ -19,7 +19,7 @@ impl Modify for Security {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The admin token (admin.token or FLEXGATE_ADMIN_TOKEN)",
+                        "The admin token (admin.token, admin.tokenFile or FLEXGATE_ADMIN_TOKEN; at least 16 bytes)",
                     ))
                     .build(),
             ),
@@ -60,6 +60,54 @@ impl Modify for ClosedObjects {
     }
 }
 
+/// Answers every admin endpoint may give besides its own: 421 outside
+/// `admin.allowedHosts`; with credentials, 403 while the admin API is
+/// disabled and 429 after too many failed sign-ins; with a body, 408.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                )
+                .build()
+        };
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.delete.as_mut(),
+            ];
+            for op in ops.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                responses.entry("421".into()).or_insert_with(|| {
+                    error("The Host is not in admin.allowedHosts (DNS-rebinding defence)").into()
+                });
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    responses.entry("403".into()).or_insert_with(|| {
+                        error("The admin API is disabled: no admin token, or one under 16 bytes")
+                            .into()
+                    });
+                    responses.entry("429".into()).or_insert_with(|| {
+                        error("Too many failed sign-ins from this address; see Retry-After").into()
+                    });
+                }
+                if op.request_body.is_some() {
+                    responses.entry("408".into()).or_insert_with(|| {
+                        error("The request body did not arrive within 5 s").into()
+                    });
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -82,7 +130,7 @@ impl Modify for ClosedObjects {
         history::metrics_history,
         serve,
     ),
-    modifiers(&Security, &ClosedObjects),
+    modifiers(&Security, &ClosedObjects, &CommonResponses),
     tags(
         (name = "routes", description = "Routing rules"),
         (name = "upstreams", description = "Backends and their targets"),

@@ -5,6 +5,10 @@
 //!
 //! Keys: a route's `id` (generated as `route-<hex>` when absent), an
 //! upstream's `name`, a webhook's `id` (generated as `webhook-<hex>`).
+//! Answers show secrets (webhook `secret` and header values, URL
+//! passwords) as the redaction marker; a body carrying the marker back
+//! keeps the stored value.
+//!
 //! Conflicts (409): an id or name already used; a route with the same
 //! path, host and an overlapping method set; deleting an upstream that
 //! routes still use.
@@ -40,6 +44,11 @@ pub trait Resource:
     }
     /// Why the entry `key` cannot be deleted from `c`.
     fn check_delete(_key: &str, _c: &DynamicConfig) -> Result<(), ApiError> {
+        Ok(())
+    }
+    /// Replaces the redaction marker by the stored secrets of `old` (the
+    /// entry being replaced; `None` for a new entry).
+    fn keep_secrets(&mut self, _old: Option<&Self>) -> Result<(), ApiError> {
         Ok(())
     }
 }
@@ -150,6 +159,10 @@ impl Resource for WebhookConfig {
     fn new_key() -> Option<String> {
         Some(format!("webhook-{}", random_suffix()))
     }
+    fn keep_secrets(&mut self, old: Option<&Self>) -> Result<(), ApiError> {
+        crate::config::redact::keep_webhook(self, old)
+            .map_err(|e| ApiError::invalid(e.path, e.message))
+    }
 }
 
 /// A value as JSON (audit entries, diffs).
@@ -202,6 +215,7 @@ pub async fn create<R: Resource>(
             None => return Err(ApiError::invalid(R::KEY_FIELD, "is required")),
         }
     }
+    item.keep_secrets(None)?;
     apply(st, actor, headers, |state| {
         let list = R::list_mut(&mut state.config);
         check_clashes(&item, list)?;
@@ -252,6 +266,8 @@ pub async fn replace<R: Resource>(
             .filter(|(i, _)| *i != pos)
             .map(|(_, r)| r.clone())
             .collect();
+        let mut item = item.clone();
+        item.keep_secrets(Some(&list[pos]))?;
         check_clashes(&item, &others)?;
         let before = std::mem::replace(&mut list[pos], item.clone());
         let change = Change::new(
@@ -302,6 +318,12 @@ pub fn with_version<T: Serialize>(status: StatusCode, version: u64, body: T) -> 
     resp
 }
 
+/// [`with_version`] with secrets (webhook secrets and headers, URL
+/// passwords) replaced by the redaction marker.
+pub fn with_version_redacted<T: Serialize>(status: StatusCode, version: u64, body: T) -> Response {
+    with_version(status, version, crate::config::redact::json_of(&body))
+}
+
 fn drop_nulls(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
@@ -348,7 +370,7 @@ macro_rules! resource_endpoints {
             security(("bearer" = []), ("session" = [])))]
         pub async fn $list_fn(State(st): State<AdminState>) -> Response {
             let (version, $plural) = list_all::<$ty>(&st);
-            with_version(StatusCode::OK, version, $list_ty { version, $plural })
+            with_version_redacted(StatusCode::OK, version, $list_ty { version, $plural })
         }
 
         #[utoipa::path(get, path = $item_path, tag = $tag,
@@ -364,7 +386,7 @@ macro_rules! resource_endpoints {
             Path(key): Path<String>,
         ) -> Result<Response, ApiError> {
             let (version, $single) = find::<$ty>(&st, &key)?;
-            Ok(with_version(StatusCode::OK, version, $one_ty { version, $single }))
+            Ok(with_version_redacted(StatusCode::OK, version, $one_ty { version, $single }))
         }
 
         #[utoipa::path(post, path = $base, tag = $tag,
@@ -389,7 +411,7 @@ macro_rules! resource_endpoints {
             ApiJson(item): ApiJson<$ty>,
         ) -> Result<Response, ApiError> {
             let (version, $single) = create::<$ty>(&st, &actor, &headers, item).await?;
-            Ok(with_version(StatusCode::CREATED, version, $one_ty { version, $single }))
+            Ok(with_version_redacted(StatusCode::CREATED, version, $one_ty { version, $single }))
         }
 
         #[utoipa::path(put, path = $item_path, tag = $tag,
@@ -419,7 +441,7 @@ macro_rules! resource_endpoints {
             ApiJson(item): ApiJson<$ty>,
         ) -> Result<Response, ApiError> {
             let (version, $single) = replace::<$ty>(&st, &actor, &headers, &key, item).await?;
-            Ok(with_version(StatusCode::OK, version, $one_ty { version, $single }))
+            Ok(with_version_redacted(StatusCode::OK, version, $one_ty { version, $single }))
         }
 
         #[utoipa::path(delete, path = $item_path, tag = $tag,

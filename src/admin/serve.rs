@@ -9,6 +9,11 @@
 //! [`WRITE_BUFFER`] in hyper: an SSE client that stops reading holds a
 //! bounded amount of memory, and falls behind its event channel (and is
 //! told so) instead of the gateway queueing for it.
+//!
+//! At most `admin.maxConnections` connections are served at once; one more
+//! is answered `503` and closed at once (no waiting in a queue). Each
+//! request carries the client's address ([`PeerAddr`]) for the failed-login
+//! limiter.
 
 use async_trait::async_trait;
 use hyper_util::rt::TokioIo;
@@ -16,7 +21,13 @@ use hyper_util::service::TowerToHyperService;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+/// The client address of an admin request (a request extension).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::IpAddr);
 
 /// Kernel send buffer per admin connection (the kernel doubles it).
 pub const SEND_BUFFER: usize = 64 * 1024;
@@ -38,7 +49,33 @@ fn cap_send_buffer(stream: &Stream) {
 /// The admin app as a Pingora server app.
 pub struct AdminApp {
     pub router: axum::Router,
+    /// `admin.maxConnections`.
+    pub max_connections: usize,
+    /// Connections being served.
+    pub open: AtomicUsize,
 }
+
+impl AdminApp {
+    pub fn new(router: axum::Router, max_connections: usize) -> AdminApp {
+        AdminApp {
+            router,
+            max_connections,
+            open: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Counts a served connection for as long as it lives.
+struct OpenSlot<'a>(&'a AtomicUsize);
+
+impl Drop for OpenSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The answer to a connection over `admin.maxConnections`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 117\r\n\r\n{\"error\":\"too_many_connections\",\"message\":\"the admin service has admin.maxConnections connections open\",\"status\":503}";
 
 #[async_trait]
 impl ServerApp for AdminApp {
@@ -47,8 +84,31 @@ impl ServerApp for AdminApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            let mut stream = stream;
+            let refuse = async {
+                stream.write_all(BUSY).await?;
+                stream.flush().await?;
+                stream.shutdown().await
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), refuse).await;
+            tracing::warn!(
+                max = self.max_connections,
+                "admin connection refused: admin.maxConnections connections are open"
+            );
+            return None;
+        }
+        let _slot = OpenSlot(&self.open);
         cap_send_buffer(&stream);
-        let service = TowerToHyperService::new(self.router.clone());
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let router = match peer {
+            Some(ip) => self.router.clone().layer(axum::Extension(PeerAddr(ip))),
+            None => self.router.clone(),
+        };
+        let service = TowerToHyperService::new(router);
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .max_buf_size(WRITE_BUFFER)

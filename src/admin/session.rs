@@ -4,15 +4,17 @@
 //!
 //! The cookie (`flexgate_session`) is random (256 bits), `HttpOnly` (no
 //! script can read it), `SameSite=Strict` (never sent on cross-site
-//! requests), `Path=/api`, valid 12 hours; `Secure` is added when the
-//! request came over HTTPS through a proxy (`X-Forwarded-Proto: https`).
+//! requests), `Path=/api`, valid 12 hours; `Secure` is set when the admin
+//! listener itself is TLS — never from a client header such as
+//! `X-Forwarded-Proto`, which any client can send.
+//! The sign-in body is at most [`MAX_SESSION_BODY`] bytes.
 //! Only its SHA-256 is kept, in memory: a restart ends every session.
 //! CSRF: besides `SameSite=Strict`, a cookie-authenticated write is refused
 //! (403) when `Sec-Fetch-Site` says cross-site or `Origin` names another
 //! host, and writes only take JSON/YAML bodies, which a cross-site form
 //! cannot send.
 
-use super::api::{media_type, read_body, ApiError};
+use super::api::{media_type, read_body_limited, ApiError};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -22,6 +24,8 @@ use std::sync::Mutex;
 pub const COOKIE: &str = "flexgate_session";
 /// Session lifetime.
 pub const TTL_SECS: u64 = 12 * 3600;
+/// Largest `POST /api/session` body.
+pub const MAX_SESSION_BODY: usize = 1024;
 /// Sessions kept at most (the oldest is dropped beyond).
 const MAX_SESSIONS: usize = 10_000;
 
@@ -153,7 +157,7 @@ pub async fn presented_token(req: axum::extract::Request) -> Result<String, ApiE
             "send {\"token\": \"…\"} as application/json, or Authorization: Bearer <token>",
         ));
     }
-    let body = read_body(req).await?;
+    let body = read_body_limited(req, MAX_SESSION_BODY).await?;
     // `null` (or an empty body) leaves the token to the bearer header.
     let r: Option<SessionRequest> = if body.iter().all(u8::is_ascii_whitespace) {
         None

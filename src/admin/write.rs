@@ -6,7 +6,7 @@
 //! 3. apply the change to a copy (404/409/422 from the change itself);
 //! 4. validate and compile the copy (a dry run: 422 with field paths,
 //!    nothing stored);
-//! 5. commit it with its audit entries to the store (409 when another node
+//! 5. commit it with its audit entries (secrets redacted) to the store (409 when another node
 //!    wrote first, 503 when the store is down: nothing changed);
 //! 6. install the compiled snapshot: live on this node before the answer,
 //!    in-flight requests keep the snapshot they started with;
@@ -117,15 +117,22 @@ pub async fn apply<R>(
         let time = now_rfc3339();
         let audit: Vec<AuditEntry> = changes
             .into_iter()
-            .map(|c| AuditEntry {
-                id: 0,
-                time: time.clone(),
-                actor: actor.0.clone(),
-                action: c.action.to_string(),
-                resource: c.resource,
-                before: c.before,
-                after: c.after,
-                version: version + 1,
+            .map(|c| {
+                // The audit log never holds a secret.
+                let hide = |mut v: Value| {
+                    crate::config::redact::value(&mut v);
+                    v
+                };
+                AuditEntry {
+                    id: 0,
+                    time: time.clone(),
+                    actor: actor.0.clone(),
+                    action: c.action.to_string(),
+                    resource: c.resource,
+                    before: c.before.map(hide),
+                    after: c.after.map(hide),
+                    version: version + 1,
+                }
             })
             .collect();
         match st.store.commit(version, &state, &audit).await {

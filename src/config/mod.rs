@@ -11,8 +11,11 @@
 //! Nothing here touches the network or the request path.
 
 pub mod model;
+pub mod redact;
+pub mod secrets;
 pub mod units;
 mod validate;
+pub mod yaml_guard;
 pub use validate::{
     host_allowed, parse_cidr, parse_target_url, SsrfPolicy, TargetUrl, METADATA_BLOCK,
 };
@@ -68,7 +71,8 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Reads and checks a config file.
+/// Reads and checks a config file (`${NAME}` and `…File` resolved, see
+/// [`secrets`]).
 pub fn load_file(path: &Path) -> Result<FileConfig, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError::new(
@@ -76,18 +80,57 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigErrors> {
             format!("cannot read config file {}: {e}", path.display()),
         )])
     })?;
-    parse_and_validate(&text)
+    parse_and_validate_at(&text, &base_dir(path))
 }
 
-/// Parses YAML text and validates it; every problem is reported with its path.
-pub fn parse_and_validate(text: &str) -> Result<FileConfig, ConfigErrors> {
-    let config = parse(text)?;
+/// The folder of a config file (relative paths in it start there).
+pub fn base_dir(config_path: &Path) -> std::path::PathBuf {
+    match config_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// Parses the text of a config file, resolving `${NAME}` from the
+/// environment and `…File` fields from `base` (not validated).
+pub fn parse_file_text(text: &str, base: &Path) -> Result<FileConfig, ConfigErrors> {
+    let mut config = if secrets::uses_interpolation(text) {
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(text)
+            .map_err(|e| ConfigErrors(vec![ConfigError::new("", e.to_string())]))?;
+        let mut errs = Vec::new();
+        let lookup = |name: &str| std::env::var(name).ok();
+        secrets::interpolate(&mut doc, "", &lookup, &mut errs);
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        let text = serde_yaml::to_string(&doc).unwrap_or_default();
+        parse(&text)?
+    } else {
+        parse(text)?
+    };
+    let errs = secrets::resolve_files(&mut config, base);
+    if errs.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+/// [`parse_file_text`] then validation: every problem with its path.
+pub fn parse_and_validate_at(text: &str, base: &Path) -> Result<FileConfig, ConfigErrors> {
+    let config = parse_file_text(text, base)?;
     let errors = validate::validate(&config);
     if errors.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Parses YAML text and validates it, as a config file in the current
+/// folder; every problem is reported with its path.
+pub fn parse_and_validate(text: &str) -> Result<FileConfig, ConfigErrors> {
+    parse_and_validate_at(text, Path::new("."))
 }
 
 /// Parses YAML text into the model. Unknown keys are all collected and
@@ -158,7 +201,12 @@ pub struct BootConfig {
     pub threads: usize,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<String>,
+    /// Where the token came from (`admin.token` or `FLEXGATE_ADMIN_TOKEN`).
+    pub admin_token_source: &'static str,
     pub admin_public_endpoints: bool,
+    pub admin_max_connections: usize,
+    /// Lower-case host names the admin service answers to (empty: any).
+    pub admin_allowed_hosts: Vec<String>,
     pub upgrade_sock: String,
     pub pid_file: String,
     pub grace_period: Duration,
@@ -299,7 +347,11 @@ impl DynamicConfig {
 /// Serialises a config as YAML without empty values (what a person would
 /// write); `parse_and_validate` reads it back to the same config.
 pub fn to_clean_yaml(cfg: &FileConfig) -> String {
-    let mut v = serde_json::to_value(cfg).expect("config serialises");
+    clean_yaml_of(serde_json::to_value(cfg).expect("config serialises"))
+}
+
+/// [`to_clean_yaml`] of a config already turned into JSON (e.g. redacted).
+pub fn clean_yaml_of(mut v: serde_json::Value) -> String {
     prune(&mut v);
     // Empty sections say nothing (unlike an empty `healthCheck: {}` deeper down).
     let empty = |x: &serde_json::Value| x.as_object().is_some_and(|o| o.is_empty());
@@ -310,6 +362,22 @@ pub fn to_clean_yaml(cfg: &FileConfig) -> String {
         top.retain(|_, x| !empty(x));
     }
     serde_yaml::to_string(&v).expect("config serialises")
+}
+
+/// The text the admin API writes to a config file (file mode): `cfg`,
+/// with the values that came from `${NAME}` or `…File` in the file's
+/// current text `raw_text` written back in that form
+/// ([`secrets::restore_sources`]).
+pub fn to_file_yaml(cfg: &FileConfig, raw_text: &str, base: &Path) -> String {
+    let mut out = serde_json::to_value(cfg).expect("config serialises");
+    let raw = parse(raw_text)
+        .ok()
+        .and_then(|c| serde_json::to_value(c).ok());
+    let resolved = parse_file_text(raw_text, base)
+        .ok()
+        .and_then(|c| serde_json::to_value(c).ok());
+    secrets::restore_sources(&mut out, raw.as_ref(), resolved.as_ref());
+    clean_yaml_of(out)
 }
 
 /// Removes nulls and empty arrays (recursively).
@@ -331,6 +399,74 @@ pub fn prune(v: &mut serde_json::Value) {
     }
 }
 
+/// Largest key store read (`security.auth.keyStore`).
+pub const MAX_KEY_STORE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Folders a key store may live in besides the config file's: the state
+/// directory (`$STATE_DIRECTORY`, set by systemd's `StateDirectory=`, else
+/// `/var/lib/flexgate`).
+fn state_dirs() -> Vec<std::path::PathBuf> {
+    match std::env::var_os("STATE_DIRECTORY") {
+        Some(v) if !v.is_empty() => std::env::split_paths(&v).collect(),
+        _ => vec![std::path::PathBuf::from("/var/lib/flexgate")],
+    }
+}
+
+/// Where `security.auth.keyStore` of the config file `config_path` points,
+/// checked: inside the config file's folder or the state directory (after
+/// resolving symbolic links), and, when it exists, a regular file. The
+/// error names the field and the path.
+pub fn check_key_store(
+    config_path: &Path,
+    configured: Option<&str>,
+) -> Result<std::path::PathBuf, ConfigError> {
+    let field = "security.auth.keyStore";
+    let path = crate::keys::store::store_path(config_path, configured);
+    let refuse = |why: &str| {
+        ConfigError::new(
+            field,
+            format!("{}: {why}", configured.unwrap_or("flexgate-keys.json")),
+        )
+    };
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(refuse("is not a file path"));
+    };
+    let parent = std::fs::canonicalize(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    })
+    .map_err(|e| refuse(&format!("its folder cannot be used: {e}")))?;
+    let mut target = parent.join(name);
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.file_type().is_symlink() => {
+            target = std::fs::canonicalize(&target)
+                .map_err(|e| refuse(&format!("the link cannot be followed: {e}")))?;
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(refuse(&e.to_string())),
+    }
+    let mut roots = vec![base_dir(config_path)];
+    roots.extend(state_dirs());
+    let inside = roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .any(|r| target.starts_with(&r));
+    if !inside {
+        return Err(refuse(
+            "must be inside the config file's folder or the state directory ($STATE_DIRECTORY or /var/lib/flexgate)",
+        ));
+    }
+    match std::fs::metadata(&target) {
+        Ok(m) if !m.is_file() => Err(refuse("is not a regular file")),
+        Ok(m) if m.len() > MAX_KEY_STORE_BYTES => Err(refuse(&format!(
+            "is larger than {MAX_KEY_STORE_BYTES} bytes"
+        ))),
+        _ => Ok(target),
+    }
+}
+
 /// Default proxy port (the original project's).
 pub const DEFAULT_PORT: u16 = 3000;
 /// Default admin listener: loopback only.
@@ -342,6 +478,28 @@ fn default_runtime_path(name: &str) -> String {
         .join(name)
         .to_string_lossy()
         .into_owned()
+}
+
+/// Default `admin.maxConnections`.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The admin token and where it came from: `FLEXGATE_ADMIN_TOKEN` when set
+/// (even to a weak value, which then disables the API rather than falling
+/// back to the file's), else `admin.token`.
+pub fn admin_token(cfg: &FileConfig) -> Option<(String, &'static str)> {
+    match std::env::var("FLEXGATE_ADMIN_TOKEN") {
+        Ok(t) => Some((t, "FLEXGATE_ADMIN_TOKEN")),
+        Err(_) => cfg.admin.token.clone().map(|t| (t, "admin.token")),
+    }
+}
+
+/// Why the admin API stays disabled with this config's token, if it does
+/// (a warning of `flexgate check`, and at start).
+pub fn admin_token_warning(cfg: &FileConfig) -> Option<String> {
+    let (token, source) = admin_token(cfg)?;
+    secrets::weak_token(&token).map(|why| {
+        format!("{source}: the admin token {why}; the admin API stays disabled (only /health* and /metrics answer)")
+    })
 }
 
 impl BootConfig {
@@ -374,11 +532,19 @@ impl BootConfig {
                 .unwrap_or(DEFAULT_ADMIN_LISTEN)
                 .parse()
                 .unwrap_or_else(|_| DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
-            admin_token: std::env::var("FLEXGATE_ADMIN_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-                .or_else(|| cfg.admin.token.clone()),
+            admin_token: admin_token(cfg).map(|(t, _)| t),
+            admin_token_source: admin_token(cfg).map_or("admin.token", |(_, s)| s),
             admin_public_endpoints: cfg.admin.public_endpoints.unwrap_or(true),
+            admin_max_connections: cfg
+                .admin
+                .max_connections
+                .unwrap_or(DEFAULT_ADMIN_MAX_CONNECTIONS),
+            admin_allowed_hosts: cfg
+                .admin
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
             upgrade_sock: p
                 .upgrade_sock
                 .clone()

@@ -163,8 +163,17 @@ pub struct LimitsSection {
 pub struct AdminSection {
     /// Listen address. Default `127.0.0.1:9180`.
     pub listen: Option<String>,
-    /// Bearer token for `/api/*`. Overridden by `FLEXGATE_ADMIN_TOKEN`.
+    /// Bearer token for `/api/*` (at least 16 bytes; a weaker one leaves
+    /// the API disabled). Overridden by `FLEXGATE_ADMIN_TOKEN`.
     pub token: Option<String>,
+    /// File holding the token (read at start; trailing newline trimmed).
+    /// Instead of `token`.
+    pub token_file: Option<String>,
+    /// Open admin connections at most; beyond, new ones are closed at once. Default 64.
+    pub max_connections: Option<usize>,
+    /// Host names (port ignored) the admin service answers to; requests
+    /// for another `Host` get 421. Empty (default): any host.
+    pub allowed_hosts: Vec<String>,
     /// `/health*` and `/metrics` answer without credentials. Default true;
     /// `false` makes them need the token (or a session) like `/api/*`.
     pub public_endpoints: Option<bool>,
@@ -206,6 +215,9 @@ pub struct JwtSection {
     pub algorithms: Vec<String>,
     /// Shared secret for HS256.
     pub secret: Option<String>,
+    /// File holding the HS256 secret (read at load; trailing newline
+    /// trimmed). Instead of `secret`; config file only.
+    pub secret_file: Option<String>,
     /// Inline public keys (PEM) for RS256/ES256, optionally with a `kid`.
     pub public_keys: Vec<JwtPublicKey>,
     /// JWKS URL fetched in the background (passes the SSRF policy).
@@ -322,6 +334,9 @@ pub struct PerRouteLimit {
 #[serde(rename_all = "camelCase", default)]
 pub struct UrlSection {
     pub url: Option<String>,
+    /// File holding the URL (read at load; trailing newline trimmed).
+    /// Instead of `url`; config file only.
+    pub url_file: Option<String>,
 }
 
 /// `history:` — every proxied request recorded in PostgreSQL, with hourly
@@ -552,5 +567,9 @@ pub struct WebhookConfig {
     pub initial_delay: Option<Millis>,
     pub backoff_multiplier: Option<f64>,
     pub headers: BTreeMap<String, String>,
+    /// Secret the deliveries are signed with.
     pub secret: Option<String>,
+    /// File holding `secret` (read at load; trailing newline trimmed).
+    /// Instead of `secret`; config file only.
+    pub secret_file: Option<String>,
 }

@@ -20,33 +20,35 @@ pub struct TargetUrl {
 
 /// Parses `http://host[:port]` / `https://host[:port]` (an optional trailing `/`).
 pub fn parse_target_url(url: &str) -> Result<TargetUrl, String> {
+    // Messages show the URL without a password (they are logged).
+    let shown = super::redact::url(url);
     let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
         (false, r)
     } else if let Some(r) = url.strip_prefix("https://") {
         (true, r)
     } else {
-        return Err(format!("{url:?} must start with http:// or https://"));
+        return Err(format!("{shown:?} must start with http:// or https://"));
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() {
-        return Err(format!("{url:?} has no host"));
+        return Err(format!("{shown:?} has no host"));
     }
     if rest.contains(['/', '?', '#', '@']) {
         return Err(format!(
-            "{url:?} must be scheme://host[:port] only (no path, query or credentials; use a route rewrite for paths)"
+            "{shown:?} must be scheme://host[:port] only (no path, query or credentials; use a route rewrite for paths)"
         ));
     }
     let default_port = if tls { 443 } else { 80 };
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
         let (h, after) = v6
             .split_once(']')
-            .ok_or_else(|| format!("{url:?}: unterminated IPv6 address"))?;
+            .ok_or_else(|| format!("{shown:?}: unterminated IPv6 address"))?;
         let port = match after.strip_prefix(':') {
             Some(p) => p
                 .parse()
-                .map_err(|_| format!("{url:?}: invalid port {p:?}"))?,
+                .map_err(|_| format!("{shown:?}: invalid port {p:?}"))?,
             None if after.is_empty() => default_port,
-            None => return Err(format!("{url:?}: unexpected text after IPv6 address")),
+            None => return Err(format!("{shown:?}: unexpected text after IPv6 address")),
         };
         (h.to_string(), port)
     } else {
@@ -54,13 +56,13 @@ pub fn parse_target_url(url: &str) -> Result<TargetUrl, String> {
             Some((h, p)) => (
                 h.to_string(),
                 p.parse()
-                    .map_err(|_| format!("{url:?}: invalid port {p:?}"))?,
+                    .map_err(|_| format!("{shown:?}: invalid port {p:?}"))?,
             ),
             None => (rest.to_string(), default_port),
         }
     };
     if port == 0 {
-        return Err(format!("{url:?}: port 0 is not a valid target"));
+        return Err(format!("{shown:?}: port 0 is not a valid target"));
     }
     let valid_host = !host.is_empty()
         && (host.parse::<IpAddr>().is_ok()
@@ -68,7 +70,7 @@ pub fn parse_target_url(url: &str) -> Result<TargetUrl, String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
     if !valid_host {
-        return Err(format!("{url:?}: invalid host {host:?}"));
+        return Err(format!("{shown:?}: invalid host {host:?}"));
     }
     Ok(TargetUrl {
         tls,
@@ -435,6 +437,33 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
             ));
         }
     }
+    if let Some(n) = cfg.admin.max_connections {
+        if n == 0 || n > 100_000 {
+            e.push(ConfigError::new("admin.maxConnections", "must be 1-100000"));
+        }
+    }
+    for (i, h) in cfg.admin.allowed_hosts.iter().enumerate() {
+        if h.trim().is_empty() || h.contains(['*', '/', ' ', '@']) {
+            e.push(ConfigError::new(
+                format!("admin.allowedHosts[{i}]"),
+                format!("{h:?} must be a host name or address, without a port"),
+            ));
+        }
+    }
+    e.extend(super::secrets::unresolved_files(cfg));
+    if let Some(ks) = cfg
+        .security
+        .auth
+        .as_ref()
+        .and_then(|a| a.key_store.as_deref())
+    {
+        if ks.trim().is_empty() || ks.contains('\0') {
+            e.push(ConfigError::new(
+                "security.auth.keyStore",
+                "must be a file name (relative to the config file's folder)",
+            ));
+        }
+    }
 
     // security
     let s = &cfg.security;
@@ -478,10 +507,9 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
             if !ok {
                 e.push(ConfigError::new(
                     format!("security.auth.keys[{i}].key"),
-                    format!(
-                        "{:?} is not a SHA-256 digest: give the lowercase hex SHA-256 of the key (64 characters; `flexgate keys hash KEY` prints it)",
-                        k.key
-                    ),
+                    // The value is not repeated: it may be a key pasted
+                    // in by mistake, and this message is logged.
+                    "is not a SHA-256 digest: give the lowercase hex SHA-256 of the key (64 characters; `flexgate keys hash KEY` prints it)",
                 ));
             } else if !seen.insert(&k.key) {
                 e.push(ConfigError::new(
@@ -633,7 +661,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
             if !scheme_ok {
                 e.push(ConfigError::new(
                     format!("{key}.url"),
-                    format!("{u:?} has the wrong scheme for {key}"),
+                    format!("{:?} has the wrong scheme for {key}", super::redact::url(u)),
                 ));
             }
         }

@@ -148,12 +148,12 @@ impl BackgroundService for JwksService {
                         let url = v.settings.jwks_url.clone().unwrap_or_default();
                         match fetch(&url, &snap.ssrf, &snap.allowed_hosts).await {
                             Ok(keys) => {
-                                tracing::info!(url = %url, keys = keys.values().map(Vec::len).sum::<usize>(), "JWKS fetched");
+                                tracing::info!(url = %crate::config::redact::url(&url), keys = keys.values().map(Vec::len).sum::<usize>(), "JWKS fetched");
                                 v.fetched.store(Arc::new(keys));
                                 last_fetch = Some((v.clone(), Instant::now()));
                             }
                             Err(e) => {
-                                tracing::warn!(url = %url, "JWKS fetch failed: {e}; keeping the previous keys");
+                                tracing::warn!(url = %crate::config::redact::url(&url), "JWKS fetch failed: {e}; keeping the previous keys");
                                 // Retry sooner than the refresh period.
                                 last_fetch = Some((
                                     v.clone(),

@@ -43,9 +43,10 @@ pub fn store_path(config_path: &Path, configured: Option<&str>) -> PathBuf {
     }
 }
 
-/// Reads the store; a missing file is an empty store.
+/// Reads the store; a missing file is an empty store. Only a regular
+/// file of at most [`crate::config::MAX_KEY_STORE_BYTES`] is read.
 pub fn load(path: &Path) -> Result<KeyFile, String> {
-    match std::fs::read_to_string(path) {
+    match read_capped(path) {
         Ok(text) => {
             let file: KeyFile = serde_json::from_str(&text)
                 .map_err(|e| format!("key store {}: {e}", path.display()))?;
@@ -62,6 +63,26 @@ pub fn load(path: &Path) -> Result<KeyFile, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeyFile::default()),
         Err(e) => Err(format!("cannot read key store {}: {e}", path.display())),
     }
+}
+
+fn read_capped(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let max = crate::config::MAX_KEY_STORE_BYTES;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(text)
 }
 
 /// Writes the store atomically: temp file in the same folder, fsync, rename, fsync the folder.

@@ -145,7 +145,7 @@ impl BackgroundService for RedisLimiterService {
             Err(e) => {
                 tracing::error!(
                     "rateLimit.redis.url {:?} is not usable: {e}; limits stay local",
-                    l.url
+                    crate::config::redact::url(&l.url)
                 );
                 return;
             }

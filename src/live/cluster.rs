@@ -174,7 +174,7 @@ impl BackgroundService for ClusterService {
         let client = match client {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(url = %self.url, "NATS: {e}; metrics and alerts stay local");
+                tracing::error!(url = %crate::config::redact::url(&self.url), "NATS: {e}; metrics and alerts stay local");
                 return;
             }
         };

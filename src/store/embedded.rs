@@ -130,7 +130,7 @@ impl FileStore {
                 self.prev_path()
                     .file_name()
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                config::to_clean_yaml(&merged)
+                config::to_file_yaml(&merged, &old_text, &config::base_dir(&self.config_path))
             );
             atomic_write(&self.prev_path(), old_text.as_bytes())
                 .and_then(|()| atomic_write(&self.config_path, text.as_bytes()))

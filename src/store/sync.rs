@@ -172,7 +172,7 @@ impl BackgroundService for SyncService {
                 match client {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        tracing::error!(url, "NATS: {e}; config changes converge by polling only");
+                        tracing::error!(url = %crate::config::redact::url(url), "NATS: {e}; config changes converge by polling only");
                         None
                     }
                 }
