@@ -99,6 +99,16 @@ fn database_url(file: &crate::config::FileConfig) -> Option<String> {
         .or_else(|| file.database.as_ref().and_then(|d| d.url.clone()))
 }
 
+/// `database.caFile` (a `sslrootcert=` in the URL wins).
+fn database_ca_file(file: &crate::config::FileConfig) -> Option<String> {
+    file.database.as_ref().and_then(|d| d.ca_file.clone())
+}
+
+/// `nats.caFile`.
+fn nats_ca_file(file: &crate::config::FileConfig) -> Option<String> {
+    file.nats.as_ref().and_then(|n| n.ca_file.clone())
+}
+
 /// `NATS_URL`, else `nats.url`.
 fn nats_url(file: &crate::config::FileConfig) -> Option<String> {
     std::env::var("NATS_URL")
@@ -136,7 +146,7 @@ fn database_state(
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     let outcome: Result<Versioned, StoreError> = rt.block_on(async {
-        let store = PgStore::new(url)?;
+        let store = PgStore::with_ca(url, database_ca_file(file).as_deref())?;
         store.migrate().await?;
         if let Some(v) = store.load().await? {
             tracing::info!(version = v.version, "config loaded from the database");
@@ -286,6 +296,18 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
 
     let stats = Arc::new(ProxyStats::default());
     // The Redis URL is a boot setting: read once at start.
+    let redis_ca = file
+        .rate_limit
+        .redis
+        .as_ref()
+        .and_then(|r| r.ca_file.clone())
+        .map(|f| (f, "rateLimit.redis.caFile"))
+        .or_else(|| {
+            file.redis
+                .as_ref()
+                .and_then(|r| r.ca_file.clone())
+                .map(|f| (f, "redis.caFile"))
+        });
     let redis = (file.rate_limit.backend.as_deref() == Some("redis"))
         .then(|| {
             file.rate_limit
@@ -296,7 +318,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
                 .or_else(|| std::env::var("REDIS_URL").ok())
         })
         .flatten()
-        .map(RedisLimiter::new);
+        .map(|url| RedisLimiter::with_ca(url, redis_ca));
     if let Some(limiter) = &redis {
         server.add_service(background_service(
             "redis rate limiter",
@@ -350,7 +372,10 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     }
     let (store, on_commit): (Arc<dyn Store>, Option<crate::admin::OnCommit>) = match &database {
         Some(url) => {
-            let pg: Arc<dyn Store> = Arc::new(PgStore::new(url).map_err(|e| e.to_string())?);
+            let pg: Arc<dyn Store> = Arc::new(
+                PgStore::with_ca(url, database_ca_file(&file).as_deref())
+                    .map_err(|e| e.to_string())?,
+            );
             let (tx, rx) = sync::channel();
             server.add_service(background_service(
                 "config sync",
@@ -358,6 +383,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
                     config: handle.clone(),
                     store: pg.clone(),
                     nats_url: nats_url(&file),
+                    nats_ca_file: nats_ca_file(&file),
                     poll_interval: Duration::from_secs(1),
                     cache: sync::cache_path(&opts.config_path),
                     committed: tokio::sync::Mutex::new(Some(rx)),
@@ -381,6 +407,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
             crate::live::cluster::ClusterService {
                 feed: feed.clone(),
                 url,
+                ca_file: nats_ca_file(&file),
             },
         ));
         feed

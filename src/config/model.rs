@@ -322,6 +322,11 @@ pub struct PerRouteLimit {
 #[serde(rename_all = "camelCase", default)]
 pub struct UrlSection {
     pub url: Option<String>,
+
+    /// PEM file of the CA that signed the server's certificate (TLS:
+    /// `sslmode=verify-ca`/`verify-full`, `rediss://`, `tls://`). Without
+    /// it `rediss://` and `tls://` verify against the system trust store.
+    pub ca_file: Option<String>,
 }
 
 /// `history:` — every proxied request recorded in PostgreSQL, with hourly

@@ -96,6 +96,8 @@ pub struct SyncService {
     pub config: Arc<ConfigHandle>,
     pub store: Arc<dyn Store>,
     pub nats_url: Option<String>,
+    /// `nats.caFile`.
+    pub nats_ca_file: Option<String>,
     pub poll_interval: Duration,
     pub cache: PathBuf,
     /// Versions committed on this node, to publish.
@@ -163,16 +165,20 @@ impl BackgroundService for SyncService {
         let node = node_name();
         let nats = match &self.nats_url {
             Some(url) => {
-                let client = async_nats::ConnectOptions::new()
-                    .retry_on_initial_connect()
-                    .connection_timeout(Duration::from_secs(2))
-                    .name(format!("flexgate {node}"))
-                    .connect(url.as_str())
-                    .await;
+                let target = crate::deps_tls::mask_password(url);
+                let client = crate::deps_tls::nats_connect(
+                    url,
+                    self.nats_ca_file.as_deref(),
+                    format!("flexgate {node}"),
+                )
+                .await;
                 match client {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        tracing::error!(url, "NATS: {e}; config changes converge by polling only");
+                        tracing::error!(
+                            url = %target,
+                            "NATS: {e}; config changes converge by polling only"
+                        );
                         None
                     }
                 }
