@@ -256,11 +256,22 @@ pub async fn nats_connect(
         .await;
     match first {
         Ok(client) => return Ok(client),
-        Err(e) => tracing::warn!(
-            url = %mask_password(url),
-            "NATS: cannot connect: {}; retrying in the background",
-            error_chain(&e)
-        ),
+        Err(e) => {
+            let cause = error_chain(&e);
+            let tls = if hint(&cause).is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "{} [verified against {}]",
+                    hint(&cause),
+                    trust_source("nats.caFile", ca_file)
+                )
+            };
+            tracing::warn!(
+                url = %mask_password(url),
+                "NATS: cannot connect: {cause}{tls}; retrying in the background"
+            )
+        }
     }
     nats_options(url, ca_file)?
         .retry_on_initial_connect()
@@ -284,6 +295,28 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// A hint for a TLS failure known only by its text (errors of client
+/// libraries that keep the rustls error as text): empty when none fits.
+pub fn hint(text: &str) -> &'static str {
+    if text.contains("UnknownIssuer") {
+        " (the server's certificate is not signed by the configured CA)"
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        " (the server's certificate does not name the host connected to)"
+    } else if text.contains("Expired") {
+        " (the server's certificate has expired)"
+    } else {
+        ""
+    }
+}
+
+/// Where a dependency's certificates are verified against, for messages.
+pub fn trust_source(field: &str, ca_file: Option<&str>) -> String {
+    match ca_file.filter(|f| !f.trim().is_empty()) {
+        Some(f) => format!("{field} {f}"),
+        None => "the system trust store".into(),
+    }
 }
 
 /// A TLS error in plain words, with a hint for the usual causes.

@@ -213,9 +213,20 @@ impl BackgroundService for RedisLimiterService {
             }
         };
         if let Err(e) = client.init().await {
+            let cause = e.to_string();
+            let tls = match crate::deps_tls::hint(&cause) {
+                "" => String::new(),
+                hint => format!(
+                    "{hint} [verified against {}]",
+                    match ca {
+                        Some((file, field)) => crate::deps_tls::trust_source(field, Some(file)),
+                        None => crate::deps_tls::trust_source("redis.caFile", None),
+                    }
+                ),
+            };
             tracing::warn!(
-                "redis rate limiter cannot connect to {target}: {e}; deciding limits locally \
-                 and retrying"
+                "redis rate limiter cannot connect to {target}: {cause}{tls}; deciding limits \
+                 locally and retrying"
             );
         }
         let _ = l.client.set(client.clone());
