@@ -453,8 +453,10 @@ fn postgres_sslmodes_are_enforced() {
         assert_eq!(code, 0, "{params}: {out}");
     }
 
-    // verify-full: the chain and the name.
-    let (code, out) = migrate(&pg.url(&format!("sslmode=verify-full&sslrootcert={ca}")));
+    // verify-full: the chain and the name; SCRAM bound to the TLS session.
+    let (code, out) = migrate(&pg.url(&format!(
+        "sslmode=verify-full&sslrootcert={ca}&channel_binding=require"
+    )));
     assert_eq!(code, 0, "{out}");
     let (code, out) = migrate(&pg.url(&format!("sslmode=verify-full&sslrootcert={wrong}")));
     assert_ne!(code, 0, "{out}");

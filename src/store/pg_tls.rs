@@ -16,9 +16,11 @@
 //! `sslrootcert=system` is the system trust store (`verify-full` only, as
 //! in libpq). `verify-ca`/`verify-full` without a CA is refused at start.
 //! The host name checked is the URL's host (`host=`), also with `hostaddr=`.
-//! Client certificates (`sslcert`/`sslkey`) and channel binding are not
-//! supported: authenticate with a password (SCRAM) over the verified
-//! channel.
+//! SCRAM authentication is bound to the TLS session
+//! (`tls-server-end-point`, `channel_binding=prefer` by default,
+//! `channel_binding=require` honoured) for RSA and ECDSA server
+//! certificates. Client certificates (`sslcert`/`sslkey`) are not
+//! supported: authenticate with a password over the verified channel.
 
 use crate::deps_tls;
 use rustls::pki_types::ServerName;
@@ -345,8 +347,80 @@ impl TlsConnect<Socket> for PgTlsConnect {
 pub struct PgTlsStream(Box<tokio_rustls::client::TlsStream<Socket>>);
 
 impl TlsStream for PgTlsStream {
+    /// `tls-server-end-point` (RFC 5929): the hash of the server's
+    /// certificate, so SCRAM-SHA-256-PLUS binds the password exchange to
+    /// this TLS session. None for signature algorithms without a defined
+    /// hash (RSA-PSS, Ed25519): SCRAM then goes without binding.
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        let cert = self
+            .0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        match cert.and_then(|c| server_end_point(c.as_ref())) {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
+    }
+}
+
+/// The certificate's hash for `tls-server-end-point`: the hash of its
+/// signature algorithm, SHA-256 for MD5 and SHA-1.
+fn server_end_point(der: &[u8]) -> Option<Vec<u8>> {
+    use ring::digest;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    let oid = signature_algorithm(der)?;
+    let algorithm = match oid.split_last()? {
+        // md5, sha1, sha256, sha224 with RSA
+        (0x04 | 0x05 | 0x0b | 0x0e, prefix) if prefix == RSA => &digest::SHA256,
+        (0x0c, prefix) if prefix == RSA => &digest::SHA384,
+        (0x0d, prefix) if prefix == RSA => &digest::SHA512,
+        // ecdsa-with-SHA224/256
+        (0x01 | 0x02, prefix) if prefix == ECDSA => &digest::SHA256,
+        (0x03, prefix) if prefix == ECDSA => &digest::SHA384,
+        (0x04, prefix) if prefix == ECDSA => &digest::SHA512,
+        // ecdsa-with-SHA1 (1.2.840.10045.4.1)
+        _ if oid == [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01] => &digest::SHA256,
+        _ => return None,
+    };
+    Some(digest::digest(algorithm, der).as_ref().to_vec())
+}
+
+/// The OID of a certificate's `signatureAlgorithm` (DER: `SEQUENCE {
+/// tbsCertificate, SEQUENCE { OID, … }, BIT STRING }`).
+fn signature_algorithm(der: &[u8]) -> Option<&[u8]> {
+    /// One DER element at the start of `input`: (tag, content, rest).
+    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    let (0x30, certificate, _) = element(der)? else {
+        return None;
+    };
+    let (0x30, _tbs, rest) = element(certificate)? else {
+        return None;
+    };
+    let (0x30, algorithm, _) = element(rest)? else {
+        return None;
+    };
+    match element(algorithm)? {
+        (0x06, oid, _) => Some(oid),
+        _ => None,
     }
 }
 
@@ -414,6 +488,33 @@ mod tests {
         assert_eq!(cfg.get_password(), Some(&b"p'w"[..]));
         let (rest, mode, ca) = split_tls_params("postgres://db/x").unwrap();
         assert_eq!((rest.as_str(), mode, ca), ("postgres://db/x", None, None));
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_signature_algorithm() {
+        // Certificate { tbs, AlgorithmIdentifier { OID }, BIT STRING }.
+        let cert = |oid: &[u8]| {
+            let mut alg = vec![0x06, oid.len() as u8];
+            alg.extend_from_slice(oid);
+            let mut body = vec![0x30, 0x03, 0x02, 0x01, 0x01, 0x30, alg.len() as u8];
+            body.extend_from_slice(&alg);
+            body.extend_from_slice(&[0x03, 0x02, 0x00, 0xff]);
+            let mut der = vec![0x30, body.len() as u8];
+            der.extend_from_slice(&body);
+            der
+        };
+        let ecdsa_sha384 = cert(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03]);
+        let hash = server_end_point(&ecdsa_sha384).unwrap();
+        assert_eq!(
+            hash,
+            ring::digest::digest(&ring::digest::SHA384, &ecdsa_sha384).as_ref()
+        );
+        let rsa_sha1 = cert(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05]);
+        assert_eq!(server_end_point(&rsa_sha1).unwrap().len(), 32);
+        let ed25519 = cert(&[0x2b, 0x65, 0x70]);
+        assert_eq!(server_end_point(&ed25519), None);
+        assert_eq!(server_end_point(&[0x30, 0x05, 0x01]), None);
+        assert_eq!(server_end_point(&[]), None);
     }
 
     #[test]
