@@ -146,16 +146,27 @@ impl RedisLimiter {
     }
 }
 
-/// The client configuration of `url`: `redis://` plain, `rediss://` TLS
+/// The client configuration of `url`: `redis://` plain, `rediss://` (and
+/// the `-cluster`/`-sentinel` and `valkeys` spellings) TLS
 /// verified against `ca` (the CA file and its setting's name), else the
 /// system trust store. A CA file with a plain URL is an error: the
 /// connection would not be what the config asks for.
 fn client_config(url: &str, ca: Option<(&str, &'static str)>) -> Result<Config, String> {
-    let tls = url.starts_with("rediss://");
-    let plain_url = match url.strip_prefix("rediss://") {
-        Some(rest) => format!("redis://{rest}"),
-        None => url.to_string(),
-    };
+    // The client library would build its own TLS settings for a TLS scheme:
+    // parse the plain spelling and put ours in.
+    const TLS_SCHEMES: [(&str, &str); 6] = [
+        ("rediss://", "redis://"),
+        ("rediss-cluster://", "redis-cluster://"),
+        ("rediss-sentinel://", "redis-sentinel://"),
+        ("valkeys://", "valkey://"),
+        ("valkeys-cluster://", "valkey-cluster://"),
+        ("valkeys-sentinel://", "valkey-sentinel://"),
+    ];
+    let tls_scheme = TLS_SCHEMES
+        .iter()
+        .find_map(|(tls, plain)| url.strip_prefix(tls).map(|rest| format!("{plain}{rest}")));
+    let tls = tls_scheme.is_some();
+    let plain_url = tls_scheme.unwrap_or_else(|| url.to_string());
     let mut config = Config::from_url(&plain_url).map_err(|e| e.to_string())?;
     match (tls, ca) {
         (true, ca) => {
@@ -177,6 +188,44 @@ fn client_config(url: &str, ca: Option<(&str, &'static str)>) -> Result<Config, 
 /// Background service: connects, then watches Redis and flips it up/down.
 pub struct RedisLimiterService {
     pub limiter: Arc<RedisLimiter>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_schemes_get_our_tls_settings_and_plain_ones_none() {
+        let c = client_config("rediss://:pw@127.0.0.1:6380/2", None);
+        // Without a CA file, the system trust store (may be empty in a
+        // minimal container: then the message says so).
+        match c {
+            Ok(c) => {
+                assert!(c.tls.is_some());
+                assert_eq!(c.database, Some(2));
+            }
+            Err(e) => assert!(e.contains("system CA certificates"), "{e}"),
+        }
+        assert!(client_config("redis://127.0.0.1:6379", None)
+            .unwrap()
+            .tls
+            .is_none());
+        let e = client_config(
+            "redis://127.0.0.1:6379",
+            Some(("/etc/ca.pem", "rateLimit.redis.caFile")),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("rateLimit.redis.caFile is set but the URL is not rediss://"),
+            "{e}"
+        );
+        let e =
+            client_config("rediss://h", Some(("/nonexistent.pem", "redis.caFile"))).unwrap_err();
+        assert!(
+            e.starts_with("redis.caFile: cannot read /nonexistent.pem"),
+            "{e}"
+        );
+    }
 }
 
 #[async_trait]
