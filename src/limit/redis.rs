@@ -190,44 +190,6 @@ pub struct RedisLimiterService {
     pub limiter: Arc<RedisLimiter>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tls_schemes_get_our_tls_settings_and_plain_ones_none() {
-        let c = client_config("rediss://:pw@127.0.0.1:6380/2", None);
-        // Without a CA file, the system trust store (may be empty in a
-        // minimal container: then the message says so).
-        match c {
-            Ok(c) => {
-                assert!(c.tls.is_some());
-                assert_eq!(c.database, Some(2));
-            }
-            Err(e) => assert!(e.contains("system CA certificates"), "{e}"),
-        }
-        assert!(client_config("redis://127.0.0.1:6379", None)
-            .unwrap()
-            .tls
-            .is_none());
-        let e = client_config(
-            "redis://127.0.0.1:6379",
-            Some(("/etc/ca.pem", "rateLimit.redis.caFile")),
-        )
-        .unwrap_err();
-        assert!(
-            e.starts_with("rateLimit.redis.caFile is set but the URL is not rediss://"),
-            "{e}"
-        );
-        let e =
-            client_config("rediss://h", Some(("/nonexistent.pem", "redis.caFile"))).unwrap_err();
-        assert!(
-            e.starts_with("redis.caFile: cannot read /nonexistent.pem"),
-            "{e}"
-        );
-    }
-}
-
 #[async_trait]
 impl BackgroundService for RedisLimiterService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -310,5 +272,43 @@ impl BackgroundService for RedisLimiterService {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_schemes_get_our_tls_settings_and_plain_ones_none() {
+        let c = client_config("rediss://:pw@127.0.0.1:6380/2", None);
+        // Without a CA file, the system trust store (may be empty in a
+        // minimal container: then the message says so).
+        match c {
+            Ok(c) => {
+                assert!(c.tls.is_some());
+                assert_eq!(c.database, Some(2));
+            }
+            Err(e) => assert!(e.contains("system CA certificates"), "{e}"),
+        }
+        assert!(client_config("redis://127.0.0.1:6379", None)
+            .unwrap()
+            .tls
+            .is_none());
+        let e = client_config(
+            "redis://127.0.0.1:6379",
+            Some(("/etc/ca.pem", "rateLimit.redis.caFile")),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("rateLimit.redis.caFile is set but the URL is not rediss://"),
+            "{e}"
+        );
+        let e =
+            client_config("rediss://h", Some(("/nonexistent.pem", "redis.caFile"))).unwrap_err();
+        assert!(
+            e.starts_with("redis.caFile: cannot read /nonexistent.pem"),
+            "{e}"
+        );
     }
 }
