@@ -7,7 +7,7 @@
 //! | `sslmode` | encrypted | server certificate checked |
 //! | --- | --- | --- |
 //! | `disable` | no | — |
-//! | `prefer` (default) | when the server offers TLS | no |
+//! | `prefer` (default) | when the server offers TLS (a failed handshake is not retried in plain text) | no |
 //! | `require` | yes (else the connection fails) | no; with a CA: the chain, as libpq does |
 //! | `verify-ca` | yes | the chain ends at the CA |
 //! | `verify-full` | yes | the chain ends at the CA and the certificate names the host |
