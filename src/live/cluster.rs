@@ -15,6 +15,10 @@
 //! streams go on, the client reconnects by itself and publishing resumes.
 //! The `jetstream` readiness check is up while the connection is up and the
 //! `ALERTS` stream answers (checked every [`CHECK_INTERVAL`]).
+//!
+//! TLS: a `tls://` URL or `nats.caFile` requires it, verified against that
+//! CA file or the system trust store ([`crate::deps_tls::nats_options`]);
+//! a failed handshake is logged with its cause, like any outage.
 
 use crate::events;
 use async_nats::jetstream;

@@ -11,8 +11,8 @@
 //!   beside the config file, written atomically): a node that starts while
 //!   the database is down serves it and keeps retrying.
 //!
-//! NATS is optional (`NATS_URL` or `nats.url`); the client reconnects by
-//! itself. A store that cannot be reached is logged once per outage, and
+//! NATS is optional (`NATS_URL` or `nats.url`, TLS with `tls://` or
+//! `nats.caFile`); the client reconnects by itself. A store that cannot be reached is logged once per outage, and
 //! the node keeps serving its last config.
 
 use super::{atomic_write, State, Store, StoreError, Versioned};
