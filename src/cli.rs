@@ -342,7 +342,8 @@ fn migrate(
         .ok()
         .and_then(|text| config::parse(&text).ok())
         .and_then(|cfg| cfg.database)
-        .and_then(|d| d.ca_file);
+        .and_then(|d| d.ca_file)
+        .map(|f| crate::deps_tls::relative_to_config(config_path, &f));
     let url = match url.filter(|u| !u.trim().is_empty()) {
         Some(u) => u,
         None => {

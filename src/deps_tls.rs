@@ -46,6 +46,21 @@ fn builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
         .expect("the ring provider supports TLS 1.2 and 1.3")
 }
 
+/// A CA file setting resolved against the config file's folder when it is
+/// relative.
+pub fn relative_to_config(config_path: &std::path::Path, file: &str) -> String {
+    let path = std::path::Path::new(file);
+    if file.trim().is_empty() || path.is_absolute() {
+        return file.to_string();
+    }
+    config_path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(path)
+        .display()
+        .to_string()
+}
+
 /// The certificates of a PEM CA file; `field` names the setting in errors.
 pub fn read_ca(field: &str, path: &str) -> Result<RootCertStore, String> {
     let text = std::fs::read(path).map_err(|e| format!("{field}: cannot read {path}: {e}"))?;
@@ -431,6 +446,16 @@ mod tests {
             mask_password("host=db password='x \\' y' user=u"),
             "host=db password=*** user=u"
         );
+    }
+
+    #[test]
+    fn relative_ca_files_are_beside_the_config() {
+        let config = std::path::Path::new("/etc/flexgate/flexgate.yaml");
+        assert_eq!(
+            relative_to_config(config, "certs/db-ca.pem"),
+            "/etc/flexgate/certs/db-ca.pem"
+        );
+        assert_eq!(relative_to_config(config, "/srv/ca.pem"), "/srv/ca.pem");
     }
 
     #[test]

@@ -99,6 +99,25 @@ fn database_url(file: &crate::config::FileConfig) -> Option<String> {
         .or_else(|| file.database.as_ref().and_then(|d| d.url.clone()))
 }
 
+/// Relative `caFile`s of `database`, `redis`, `rateLimit.redis` and `nats`
+/// are relative to the config file's folder (as the key store is), not to
+/// the working directory (`/` for a daemon).
+fn ca_paths_from_config_folder(
+    file: &mut crate::config::FileConfig,
+    config_path: &std::path::Path,
+) {
+    for section in [
+        &mut file.database,
+        &mut file.redis,
+        &mut file.rate_limit.redis,
+        &mut file.nats,
+    ] {
+        if let Some(ca) = section.as_mut().and_then(|s| s.ca_file.as_mut()) {
+            *ca = crate::deps_tls::relative_to_config(config_path, ca);
+        }
+    }
+}
+
 /// `database.caFile` (a `sslrootcert=` in the URL wins).
 fn database_ca_file(file: &crate::config::FileConfig) -> Option<String> {
     file.database.as_ref().and_then(|d| d.ca_file.clone())
@@ -248,17 +267,19 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     if let Ok(abs) = std::fs::canonicalize(&opts.config_path) {
         opts.config_path = abs;
     }
-    let first = crate::config::load_file(&opts.config_path)
+    let mut first = crate::config::load_file(&opts.config_path)
         .map_err(|e| format!("invalid config {}:\n{e}", opts.config_path.display()))?;
+    ca_paths_from_config_folder(&mut first, &opts.config_path);
     let _log_guard = crate::logging::init(&first.logging, opts.daemon);
     let database = database_url(&first);
     let managed = match &database {
         Some(url) => Some(database_state(url, &opts.config_path, &first)?),
         None => None,
     };
-    let (handle, boot, file) =
+    let (handle, boot, mut file) =
         ConfigHandle::load(&opts.config_path, opts.port_override, managed)
             .map_err(|e| format!("invalid config {}:\n{e}", opts.config_path.display()))?;
+    ca_paths_from_config_folder(&mut file, &opts.config_path);
     let handle = Arc::new(handle);
 
     let conf = ServerConf {

@@ -751,10 +751,15 @@ fn nats_over_tls_carries_the_cluster_feed() {
             .expect("test client over TLS");
         client.subscribe("flexgate.metrics.>").await.unwrap()
     });
+    // caFile relative to the config file's folder (a sibling temporary folder).
+    let relative_ca = format!(
+        "../{}/ca.pem",
+        pki.dir.path().file_name().unwrap().to_str().unwrap()
+    );
     let gw = Gateway::start(
         "",
         &format!(
-            "nats:\n  url: \"{url}\"\n  caFile: \"{ca}\"\n{}",
+            "nats:\n  url: \"{url}\"\n  caFile: \"{relative_ca}\"\n{}",
             upstream_body(&up)
         ),
     );
