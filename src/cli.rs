@@ -333,6 +333,13 @@ fn migrate(
     config_path: &std::path::Path,
     url: Option<String>,
 ) -> Result<crate::store::postgres::MigrationReport, String> {
+    // database.caFile, when the config file is there to say.
+    let ca_file = std::fs::read_to_string(config_path)
+        .ok()
+        .and_then(|text| config::parse(&text).ok())
+        .and_then(|cfg| cfg.database)
+        .and_then(|d| d.ca_file)
+        .map(|f| crate::deps_tls::relative_to_config(config_path, &f));
     let url = match url.filter(|u| !u.trim().is_empty()) {
         Some(u) => u,
         None => {
@@ -357,8 +364,8 @@ fn migrate(
                 })?
         }
     };
-    let store = crate::store::postgres::PgStore::new(&url)
-        .map_err(|e| format!("{}: {e}", config::redact::url(&url)))?;
+    let store = crate::store::postgres::PgStore::with_ca(&url, ca_file.as_deref())
+        .map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -10,12 +10,14 @@
 //! - [`history`] — request history in PostgreSQL (queue, writer, roll-ups);
 //! - [`accesslog`] / [`logging`] — structured access log and log set-up;
 //! - [`runtime_dir`] — the private directory of the upgrade socket and pid file;
+//! - [`deps_tls`] — TLS to PostgreSQL, Redis and NATS;
 //! - [`server`] — process assembly; [`cli`] — the command line.
 
 pub mod accesslog;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod deps_tls;
 pub mod events;
 pub mod health;
 pub mod history;

@@ -99,6 +99,35 @@ fn database_url(file: &crate::config::FileConfig) -> Option<String> {
         .or_else(|| file.database.as_ref().and_then(|d| d.url.clone()))
 }
 
+/// Relative `caFile`s of `database`, `redis`, `rateLimit.redis` and `nats`
+/// are relative to the config file's folder (as the key store is), not to
+/// the working directory (`/` for a daemon).
+fn ca_paths_from_config_folder(
+    file: &mut crate::config::FileConfig,
+    config_path: &std::path::Path,
+) {
+    for section in [
+        &mut file.database,
+        &mut file.redis,
+        &mut file.rate_limit.redis,
+        &mut file.nats,
+    ] {
+        if let Some(ca) = section.as_mut().and_then(|s| s.ca_file.as_mut()) {
+            *ca = crate::deps_tls::relative_to_config(config_path, ca);
+        }
+    }
+}
+
+/// `database.caFile` (a `sslrootcert=` in the URL wins).
+fn database_ca_file(file: &crate::config::FileConfig) -> Option<String> {
+    file.database.as_ref().and_then(|d| d.ca_file.clone())
+}
+
+/// `nats.caFile`.
+fn nats_ca_file(file: &crate::config::FileConfig) -> Option<String> {
+    file.nats.as_ref().and_then(|n| n.ca_file.clone())
+}
+
 /// `NATS_URL`, else `nats.url`.
 fn nats_url(file: &crate::config::FileConfig) -> Option<String> {
     std::env::var("NATS_URL")
@@ -136,7 +165,7 @@ fn database_state(
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     let outcome: Result<Versioned, StoreError> = rt.block_on(async {
-        let store = PgStore::new(url)?;
+        let store = PgStore::with_ca(url, database_ca_file(file).as_deref())?;
         store.migrate().await?;
         if let Some(v) = store.load().await? {
             tracing::info!(version = v.version, "config loaded from the database");
@@ -226,17 +255,19 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     if let Ok(abs) = std::fs::canonicalize(&opts.config_path) {
         opts.config_path = abs;
     }
-    let first = crate::config::load_file(&opts.config_path)
+    let mut first = crate::config::load_file(&opts.config_path)
         .map_err(|e| format!("invalid config {}:\n{e}", opts.config_path.display()))?;
+    ca_paths_from_config_folder(&mut first, &opts.config_path);
     let _log_guard = crate::logging::init(&first.logging, opts.daemon);
     let database = database_url(&first);
     let managed = match &database {
         Some(url) => Some(database_state(url, &opts.config_path, &first)?),
         None => None,
     };
-    let (handle, boot, file) =
+    let (handle, boot, mut file) =
         ConfigHandle::load(&opts.config_path, opts.port_override, managed)
             .map_err(|e| format!("invalid config {}:\n{e}", opts.config_path.display()))?;
+    ca_paths_from_config_folder(&mut file, &opts.config_path);
     let handle = Arc::new(handle);
 
     let conf = ServerConf {
@@ -274,6 +305,18 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
 
     let stats = Arc::new(ProxyStats::default());
     // The Redis URL is a boot setting: read once at start.
+    let redis_ca = file
+        .rate_limit
+        .redis
+        .as_ref()
+        .and_then(|r| r.ca_file.clone())
+        .map(|f| (f, "rateLimit.redis.caFile"))
+        .or_else(|| {
+            file.redis
+                .as_ref()
+                .and_then(|r| r.ca_file.clone())
+                .map(|f| (f, "redis.caFile"))
+        });
     let redis_url = (file.rate_limit.backend.as_deref() == Some("redis"))
         .then(|| {
             file.rate_limit
@@ -284,7 +327,9 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
                 .or_else(|| std::env::var("REDIS_URL").ok())
         })
         .flatten();
-    let redis = redis_url.clone().map(RedisLimiter::new);
+    let redis = redis_url
+        .clone()
+        .map(|url| RedisLimiter::with_ca(url, redis_ca));
     if let Some(limiter) = &redis {
         server.add_service(background_service(
             "redis rate limiter",
@@ -338,7 +383,10 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     }
     let (store, on_commit): (Arc<dyn Store>, Option<crate::admin::OnCommit>) = match &database {
         Some(url) => {
-            let pg: Arc<dyn Store> = Arc::new(PgStore::new(url).map_err(|e| e.to_string())?);
+            let pg: Arc<dyn Store> = Arc::new(
+                PgStore::with_ca(url, database_ca_file(&file).as_deref())
+                    .map_err(|e| e.to_string())?,
+            );
             let (tx, rx) = sync::channel();
             server.add_service(background_service(
                 "config sync",
@@ -346,6 +394,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
                     config: handle.clone(),
                     store: pg.clone(),
                     nats_url: nats_url(&file),
+                    nats_ca_file: nats_ca_file(&file),
                     poll_interval: Duration::from_secs(1),
                     cache: sync::cache_path(&opts.config_path),
                     committed: tokio::sync::Mutex::new(Some(rx)),
@@ -369,6 +418,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
             crate::live::cluster::ClusterService {
                 feed: feed.clone(),
                 url,
+                ca_file: nats_ca_file(&file),
             },
         ));
         feed

@@ -337,6 +337,11 @@ pub struct UrlSection {
     /// File holding the URL (read at load; trailing newline trimmed).
     /// Instead of `url`; config file only.
     pub url_file: Option<String>,
+
+    /// PEM file of the CA that signed the server's certificate (TLS:
+    /// `sslmode=verify-ca`/`verify-full`, `rediss://`, `tls://`). Without
+    /// it `rediss://` and `tls://` verify against the system trust store.
+    pub ca_file: Option<String>,
 }
 
 /// `history:` — every proxied request recorded in PostgreSQL, with hourly

@@ -13,34 +13,61 @@ use serde_json::Value;
 pub const MARKER: &str = "<redacted>";
 
 /// A URL (or PostgreSQL key/value connection string) with its password
-/// replaced by [`MARKER`]: `redis://:pw@h` → `redis://:<redacted>@h`.
+/// replaced by [`MARKER`]: the `user:password@` of a URL and a `password=`
+/// parameter (URL query or key/value form): `redis://:pw@h` →
+/// `redis://:<redacted>@h`.
 /// Anything without a password is returned as is.
-pub fn url(u: &str) -> String {
-    if let Some(s) = u.find("://") {
-        let rest = &u[s + 3..];
-        // The authority ends at the first '/', '?' or '#'; its last '@'
-        // ends the user info (a raw '@' in a password is common).
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        if let Some(at) = rest[..end].rfind('@') {
-            let creds = &rest[..at];
-            if let Some((user, _)) = creds.split_once(':') {
-                return format!("{}{user}:{MARKER}{}", &u[..s + 3], &rest[at..]);
+pub fn url(url: &str) -> String {
+    let mut out = url.to_string();
+    // scheme://user:password@host
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let userinfo = rest..rest + at;
+            if let Some(colon) = out[userinfo.clone()].find(':') {
+                out.replace_range(rest + colon + 1..rest + at, MARKER);
             }
         }
-        return u.to_string();
     }
-    // `host=db user=app password=secret dbname=x`
-    if u.contains("password=") {
-        return u
-            .split(' ')
-            .map(|kv| match kv.split_once('=') {
-                Some(("password", _)) => format!("password={MARKER}"),
-                _ => kv.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+    // password=… (query parameter or key/value pair)
+    let mut masked = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("password") {
+        let (before, after) = rest.split_at(i + "password".len());
+        masked.push_str(before);
+        let boundary = before.len() == "password".len()
+            || before[..before.len() - "password".len()]
+                .ends_with(|c: char| c == '?' || c == '&' || c.is_whitespace());
+        let trimmed = after.trim_start();
+        if boundary && trimmed.starts_with('=') {
+            masked.push_str(&after[..after.len() - trimmed.len()]);
+            masked.push('=');
+            let value = trimmed[1..].trim_start();
+            masked.push_str(&trimmed[1..trimmed.len() - value.len()]);
+            masked.push_str(MARKER);
+            let end = if let Some(quoted) = value.strip_prefix('\'') {
+                let mut escaped = false;
+                let close = quoted.char_indices().find(|&(_, c)| {
+                    let hit = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    hit
+                });
+                close.map_or(value.len(), |(j, _)| j + 2)
+            } else {
+                value
+                    .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
+                    .unwrap_or(value.len())
+            };
+            rest = &value[end..];
+        } else {
+            rest = after;
+        }
     }
-    u.to_string()
+    masked.push_str(rest);
+    masked
 }
 
 /// Keys whose string value is a secret wherever they appear.
@@ -179,6 +206,50 @@ pub fn keep_webhook(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_masked_in_every_url_form() {
+        for (given, want) in [
+            (
+                "postgres://fg:s3cret@db:5432/x?sslmode=verify-full",
+                "postgres://fg:<redacted>@db:5432/x?sslmode=verify-full",
+            ),
+            (
+                "rediss://:pw@cache:6380/0",
+                "rediss://:<redacted>@cache:6380/0",
+            ),
+            (
+                "rediss://user:p%40ss@cache",
+                "rediss://user:<redacted>@cache",
+            ),
+            ("tls://u:p@nats:4222", "tls://u:<redacted>@nats:4222"),
+            ("nats://nats:4222", "nats://nats:4222"),
+            ("redis://user@cache", "redis://user@cache"),
+            (
+                "postgres://db/x?user=fg&password=s3cret&sslmode=require",
+                "postgres://db/x?user=fg&password=<redacted>&sslmode=require",
+            ),
+            (
+                "host=db password=s3cret dbname=x",
+                "host=db password=<redacted> dbname=x",
+            ),
+            (
+                "host=db password = secret dbname=x",
+                "host=db password = <redacted> dbname=x",
+            ),
+            (
+                "host=db password='a b' user=u",
+                "host=db password=<redacted> user=u",
+            ),
+            ("host=db nopassword=x", "host=db nopassword=x"),
+        ] {
+            assert_eq!(url(given), want, "{given}");
+        }
+        assert_eq!(
+            url("host=db password='x \\' y' user=u"),
+            "host=db password=<redacted> user=u"
+        );
+    }
 
     #[test]
     fn url_passwords_are_masked() {

@@ -81,7 +81,7 @@ impl BackgroundService for HistoryMaintenance {
         loop {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = connect(
-                    &self.settings.database_url,
+                    &self.settings,
                     "flexgate-history-maintenance",
                     STATEMENT_TIMEOUT,
                 )

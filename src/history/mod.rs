@@ -54,6 +54,8 @@ const MAX_USER_AGENT_CHARS: usize = 512;
 pub struct Settings {
     /// The same database as the config store.
     pub database_url: String,
+    /// `database.caFile` (the config store's CA, for `sslmode=verify-*`).
+    pub database_ca_file: Option<String>,
     pub queue_size: usize,
     pub batch_size: usize,
     pub flush_interval: Duration,
@@ -75,6 +77,7 @@ impl Settings {
         }
         Some(Settings {
             database_url: url.to_string(),
+            database_ca_file: file.database.as_ref().and_then(|d| d.ca_file.clone()),
             queue_size: section.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE).max(1),
             batch_size: section.batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1),
             flush_interval: section
@@ -180,15 +183,18 @@ pub fn queue(capacity: usize) -> (HistorySink, mpsc::Receiver<HistoryRecord>) {
 
 /// A connection of its own to the history database (not the config store's
 /// pool: a slow history write must never hold a connection the admin API
-/// or the config sync needs). Every statement is bounded server-side.
+/// or the config sync needs), through the config store's TLS connector.
+/// Every statement is bounded server-side.
 pub(crate) async fn connect(
-    url: &str,
+    settings: &Settings,
     application: &str,
     statement_timeout: Duration,
 ) -> Result<tokio_postgres::Client, String> {
-    let mut cfg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| format!("invalid database URL: {e}"))?;
+    // The config store's TLS connector: same sslmode, same CA.
+    let (mut cfg, tls) = crate::store::pg_tls::resolve(
+        &settings.database_url,
+        settings.database_ca_file.as_deref(),
+    )?;
     cfg.connect_timeout(Duration::from_secs(2));
     let ours = format!("-c statement_timeout={}", statement_timeout.as_millis());
     let options = match cfg.get_options() {
@@ -197,11 +203,10 @@ pub(crate) async fn connect(
     };
     cfg.options(options);
     cfg.application_name(application);
-    let (client, connection) =
-        tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
-            .await
-            .map_err(|_| "no answer within 3 s".to_string())?
-            .map_err(|e| error_text(&e))?;
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(3), cfg.connect(tls))
+        .await
+        .map_err(|_| "no answer within 3 s".to_string())?
+        .map_err(|e| error_text(&e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("request history connection ended: {e}");

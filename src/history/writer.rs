@@ -152,13 +152,7 @@ impl HistoryWriter {
             link.client = None;
         }
         if link.client.is_none() && Instant::now() >= link.next_attempt {
-            match connect(
-                &self.settings.database_url,
-                "flexgate-history-writer",
-                WRITE_TIMEOUT,
-            )
-            .await
-            {
+            match connect(&self.settings, "flexgate-history-writer", WRITE_TIMEOUT).await {
                 Ok(mut c) => {
                     // Today's partition before the first COPY: rows never
                     // wait in the DEFAULT partition for the maintenance run.

@@ -6,6 +6,11 @@
 //! marks Redis down (logged once, counted) and requests decide locally
 //! without touching Redis; a background probe (`PING` every 250 ms) marks it
 //! up again (logged, counted). Requests never wait on a Redis known to be down.
+//!
+//! TLS: a `rediss://` URL is verified against the CA file
+//! (`rateLimit.redis.caFile`, else `redis.caFile`), else the system trust
+//! store. A server that fails verification is a Redis that is down: limits
+//! are decided locally and the cause is logged.
 
 use super::{Decision, LimitRule};
 use async_trait::async_trait;
@@ -33,6 +38,8 @@ return {n, ttl}
 /// Shared Redis limiter state.
 pub struct RedisLimiter {
     url: String,
+    /// CA file for `rediss://` and the setting it came from (messages).
+    ca_file: Option<(String, &'static str)>,
     client: OnceLock<Client>,
     sha: OnceLock<String>,
     down: AtomicBool,
@@ -43,8 +50,16 @@ pub struct RedisLimiter {
 
 impl RedisLimiter {
     pub fn new(url: String) -> Arc<RedisLimiter> {
+        Self::with_ca(url, None)
+    }
+
+    /// As [`RedisLimiter::new`], with the CA file of a `rediss://` server
+    /// and the name of its setting (`rateLimit.redis.caFile`,
+    /// `redis.caFile`), for messages.
+    pub fn with_ca(url: String, ca_file: Option<(String, &'static str)>) -> Arc<RedisLimiter> {
         Arc::new(RedisLimiter {
             url,
+            ca_file,
             client: OnceLock::new(),
             sha: OnceLock::new(),
             down: AtomicBool::new(true),
@@ -131,6 +146,45 @@ impl RedisLimiter {
     }
 }
 
+/// The client configuration of `url`: `redis://` plain, `rediss://` (and
+/// the `-cluster`/`-sentinel` and `valkeys` spellings) TLS
+/// verified against `ca` (the CA file and its setting's name), else the
+/// system trust store. A CA file with a plain URL is an error: the
+/// connection would not be what the config asks for.
+fn client_config(url: &str, ca: Option<(&str, &'static str)>) -> Result<Config, String> {
+    // The client library would build its own TLS settings for a TLS scheme:
+    // parse the plain spelling and put ours in.
+    const TLS_SCHEMES: [(&str, &str); 6] = [
+        ("rediss://", "redis://"),
+        ("rediss-cluster://", "redis-cluster://"),
+        ("rediss-sentinel://", "redis-sentinel://"),
+        ("valkeys://", "valkey://"),
+        ("valkeys-cluster://", "valkey-cluster://"),
+        ("valkeys-sentinel://", "valkey-sentinel://"),
+    ];
+    let tls_scheme = TLS_SCHEMES
+        .iter()
+        .find_map(|(tls, plain)| url.strip_prefix(tls).map(|rest| format!("{plain}{rest}")));
+    let tls = tls_scheme.is_some();
+    let plain_url = tls_scheme.unwrap_or_else(|| url.to_string());
+    let mut config = Config::from_url(&plain_url).map_err(|e| e.to_string())?;
+    match (tls, ca) {
+        (true, ca) => {
+            let field = ca.map_or("redis.caFile", |(_, f)| f);
+            let roots = crate::deps_tls::roots(field, ca.map(|(f, _)| f))?;
+            let tls = crate::deps_tls::verify_full(roots);
+            config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+        }
+        (false, Some((_, field))) => {
+            return Err(format!(
+                "{field} is set but the URL is not rediss://: use rediss:// for TLS"
+            ))
+        }
+        (false, None) => {}
+    }
+    Ok(config)
+}
+
 /// Background service: connects, then watches Redis and flips it up/down.
 pub struct RedisLimiterService {
     pub limiter: Arc<RedisLimiter>,
@@ -140,12 +194,13 @@ pub struct RedisLimiterService {
 impl BackgroundService for RedisLimiterService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let l = &self.limiter;
-        let config = match Config::from_url(&l.url) {
+        let target = crate::config::redact::url(&l.url);
+        let ca = l.ca_file.as_ref().map(|(f, field)| (f.as_str(), *field));
+        let config = match client_config(&l.url, ca) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(
-                    "rateLimit.redis.url {:?} is not usable: {e}; limits stay local",
-                    crate::config::redact::url(&l.url)
+                    "rateLimit.redis.url {target:?} is not usable: {e}; limits stay local"
                 );
                 return;
             }
@@ -168,7 +223,23 @@ impl BackgroundService for RedisLimiterService {
                 return;
             }
         };
-        let _connection = client.init().await;
+        if let Err(e) = client.init().await {
+            let cause = e.to_string();
+            let tls = match crate::deps_tls::hint(&cause) {
+                "" => String::new(),
+                hint => format!(
+                    "{hint} [verified against {}]",
+                    match ca {
+                        Some((file, field)) => crate::deps_tls::trust_source(field, Some(file)),
+                        None => crate::deps_tls::trust_source("redis.caFile", None),
+                    }
+                ),
+            };
+            tracing::warn!(
+                "redis rate limiter cannot connect to {target}: {cause}{tls}; deciding limits \
+                 locally and retrying"
+            );
+        }
         let _ = l.client.set(client.clone());
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut ticks = 0u32;
@@ -201,5 +272,43 @@ impl BackgroundService for RedisLimiterService {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_schemes_get_our_tls_settings_and_plain_ones_none() {
+        let c = client_config("rediss://:pw@127.0.0.1:6380/2", None);
+        // Without a CA file, the system trust store (may be empty in a
+        // minimal container: then the message says so).
+        match c {
+            Ok(c) => {
+                assert!(c.tls.is_some());
+                assert_eq!(c.database, Some(2));
+            }
+            Err(e) => assert!(e.contains("system CA certificates"), "{e}"),
+        }
+        assert!(client_config("redis://127.0.0.1:6379", None)
+            .unwrap()
+            .tls
+            .is_none());
+        let e = client_config(
+            "redis://127.0.0.1:6379",
+            Some(("/etc/ca.pem", "rateLimit.redis.caFile")),
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("rateLimit.redis.caFile is set but the URL is not rediss://"),
+            "{e}"
+        );
+        let e =
+            client_config("rediss://h", Some(("/nonexistent.pem", "redis.caFile"))).unwrap_err();
+        assert!(
+            e.starts_with("redis.caFile: cannot read /nonexistent.pem"),
+            "{e}"
+        );
     }
 }

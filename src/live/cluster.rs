@@ -15,6 +15,10 @@
 //! streams go on, the client reconnects by itself and publishing resumes.
 //! The `jetstream` readiness check is up while the connection is up and the
 //! `ALERTS` stream answers (checked every [`CHECK_INTERVAL`]).
+//!
+//! TLS: a `tls://` URL or `nats.caFile` requires it, verified against that
+//! CA file or the system trust store ([`crate::deps_tls::nats_options`]);
+//! a failed handshake is logged with its cause, like any outage.
 
 use crate::events;
 use async_nats::jetstream;
@@ -122,6 +126,8 @@ fn stream_config(name: &str, subject: &str) -> jetstream::stream::Config {
 pub struct ClusterService {
     pub feed: Arc<ClusterFeed>,
     pub url: String,
+    /// `nats.caFile`.
+    pub ca_file: Option<String>,
 }
 
 impl ClusterService {
@@ -165,16 +171,17 @@ impl BackgroundService for ClusterService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let node = super::node_name();
         let token = subject_token(node);
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(2))
-            .name(format!("flexgate telemetry {node}"))
-            .connect(self.url.as_str())
-            .await;
+        let client = crate::deps_tls::nats_connect(
+            &self.url,
+            self.ca_file.as_deref(),
+            format!("flexgate telemetry {node}"),
+        )
+        .await;
         let client = match client {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(url = %crate::config::redact::url(&self.url), "NATS: {e}; metrics and alerts stay local");
+                let url = crate::config::redact::url(&self.url);
+                tracing::error!(url = %url, "NATS: {e}; metrics and alerts stay local");
                 return;
             }
         };

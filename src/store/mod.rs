@@ -19,6 +19,7 @@
 //! the admin layer validates and compiles before it commits.
 
 pub mod embedded;
+pub mod pg_tls;
 pub mod postgres;
 pub mod sync;
 

@@ -32,6 +32,12 @@
 //!   version and appends the audit entries. Any error rolls everything back:
 //!   a failed commit leaves no row and no audit entry behind.
 //!
+//! # TLS
+//!
+//! `sslmode` (and `sslrootcert`) in the URL, or `database.caFile`, choose
+//! how the connection is encrypted and what is verified; the same
+//! connector serves every connection to the database ([`super::pg_tls`]).
+//!
 //! # Time bounds
 //!
 //! Connections are made lazily (none by [`PgStore::new`]) on the current
@@ -75,7 +81,7 @@ use std::future::Future;
 use std::time::Duration;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{IsolationLevel, NoTls};
+use tokio_postgres::IsolationLevel;
 
 /// TCP connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -152,9 +158,14 @@ impl PgStore {
     /// `host=… dbname=…`). Connects nothing: connections are made on first
     /// use. A malformed URL is [`StoreError::Invalid`].
     pub fn new(url: &str) -> Result<PgStore, StoreError> {
-        let mut cfg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Invalid(format!("invalid database URL: {e}")))?;
+        Self::with_ca(url, None)
+    }
+
+    /// As [`PgStore::new`], with `database.caFile` for `sslmode=verify-ca`
+    /// / `verify-full` (see [`super::pg_tls`]; a `sslrootcert=` in the URL
+    /// wins). An unreadable CA file is [`StoreError::Invalid`].
+    pub fn with_ca(url: &str, ca_file: Option<&str>) -> Result<PgStore, StoreError> {
+        let (mut cfg, tls) = super::pg_tls::resolve(url, ca_file).map_err(StoreError::Invalid)?;
         if cfg.get_hosts().is_empty() && cfg.get_hostaddrs().is_empty() {
             return Err(StoreError::Invalid(
                 "invalid database URL: it names no host (e.g. postgres://user@127.0.0.1:5432/flexgate)"
@@ -178,7 +189,7 @@ impl PgStore {
         }
         let manager = Manager::from_config(
             cfg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

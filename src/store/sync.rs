@@ -11,8 +11,8 @@
 //!   beside the config file, written atomically): a node that starts while
 //!   the database is down serves it and keeps retrying.
 //!
-//! NATS is optional (`NATS_URL` or `nats.url`); the client reconnects by
-//! itself. A store that cannot be reached is logged once per outage, and
+//! NATS is optional (`NATS_URL` or `nats.url`, TLS with `tls://` or
+//! `nats.caFile`); the client reconnects by itself. A store that cannot be reached is logged once per outage, and
 //! the node keeps serving its last config.
 
 use super::{atomic_write, State, Store, StoreError, Versioned};
@@ -96,6 +96,8 @@ pub struct SyncService {
     pub config: Arc<ConfigHandle>,
     pub store: Arc<dyn Store>,
     pub nats_url: Option<String>,
+    /// `nats.caFile`.
+    pub nats_ca_file: Option<String>,
     pub poll_interval: Duration,
     pub cache: PathBuf,
     /// Versions committed on this node, to publish.
@@ -163,16 +165,20 @@ impl BackgroundService for SyncService {
         let node = node_name();
         let nats = match &self.nats_url {
             Some(url) => {
-                let client = async_nats::ConnectOptions::new()
-                    .retry_on_initial_connect()
-                    .connection_timeout(Duration::from_secs(2))
-                    .name(format!("flexgate {node}"))
-                    .connect(url.as_str())
-                    .await;
+                let target = crate::config::redact::url(url);
+                let client = crate::deps_tls::nats_connect(
+                    url,
+                    self.nats_ca_file.as_deref(),
+                    format!("flexgate {node}"),
+                )
+                .await;
                 match client {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        tracing::error!(url = %crate::config::redact::url(url), "NATS: {e}; config changes converge by polling only");
+                        tracing::error!(
+                            url = %target,
+                            "NATS: {e}; config changes converge by polling only"
+                        );
                         None
                     }
                 }
