@@ -844,17 +844,7 @@ pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} [SQLSTATE {}]", db.message(), db.code().code());
     }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    text
+    crate::deps_tls::error_chain(e)
 }
 
 #[async_trait]
