@@ -234,3 +234,79 @@ fn failed_authentications_have_their_own_budget_and_coalesced_events() {
         gw.log()
     );
 }
+
+/// On a dual-stack listener an IPv4 client arrives as `::ffff:a.b.c.d`: it is
+/// its IPv4 address for `trustedProxies`, IP rules, limits and the
+/// per-address connection cap, and in what the upstream and the log are told.
+#[test]
+fn a_dual_stack_listener_sees_ipv4_clients_as_ipv4() {
+    let up = TestUpstream::start("app", Behavior::Ok);
+    let body = format!(
+        r#"upstreams:
+  - name: app
+    url: "{}"
+routes:
+  - id: limited
+    path: /limited/*
+    upstream: app
+    rateLimit: {{max: 2, windowMs: 60000}}
+  - id: all
+    path: /*
+    upstream: app
+security:
+  denyIps: ["10.66.0.0/16"]
+"#,
+        up.url()
+    );
+    let dual_stack = |section: String| {
+        let out = section.replace(
+            "proxy:\n  listen: \"127.0.0.1:",
+            "proxy:\n  listen: \"[::]:",
+        );
+        format!(
+            "{out}  trustedProxies: [\"127.0.0.1/32\"]\n  limits:\n    maxConnectionsPerIp: 3\n"
+        )
+    };
+    let gw = Gateway::start_edited(&dual_stack, &body, &[], &[]);
+    assert!(
+        std::fs::read_to_string(&gw.config_path)
+            .unwrap()
+            .contains("listen: \"[::]:"),
+        "the proxy listens dual-stack"
+    );
+    // The peer (::ffff:127.0.0.1) is the trusted 127.0.0.1: its
+    // X-Forwarded-For is believed, so the denied client is refused.
+    assert_eq!(from(&gw, "/x", "10.66.1.1", None).status, 403);
+    assert_eq!(from(&gw, "/x", "192.0.2.44", None).status, 200);
+    assert_eq!(up.last().header("x-real-ip"), Some("192.0.2.44"));
+    // Without a forwarded address the client is 127.0.0.1, as IPv4.
+    assert_eq!(request(gw.port, "GET", "/x", &[], b"").status, 200);
+    let seen = up.last();
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| request(gw.port, "GET", "/limited/x", &[], b"").status)
+        .collect();
+    assert_eq!(statuses, vec![200, 200, 429]);
+    // The per-address connection cap counts the mapped peer as 127.0.0.1.
+    // Three connections answered (so admitted), then a fourth is refused.
+    let mut held = Vec::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        let mut c = Client::connect(gw.port);
+        if c.request("GET", "/x", &[], b"")
+            .is_ok_and(|r| r.status == 200)
+        {
+            held.push(c);
+        }
+        held.len() == 3
+    }));
+    let mut extra = Client::connect(gw.port);
+    let refused = extra.read(false).expect("a refusal");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    drop(held);
+    let log = gw.log();
+    assert!(
+        !log.contains("::ffff:"),
+        "mapped addresses in the log: {log}"
+    );
+}

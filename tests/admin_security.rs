@@ -32,42 +32,13 @@ fn start_custom(
     env: &[(&str, &str)],
     files: &[(&str, &str)],
 ) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let section = proxy_section_with_admin(port, dir.path(), admin_port).replace(
-        "  token: test-admin-token\n",
-        &format!("  token: test-admin-token\n{admin_extra}"),
-    );
-    let config_path = dir.path().join("flexgate.yaml");
-    std::fs::write(&config_path, format!("{section}{body}")).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    let log_path = dir.path().join("flexgate.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut cmd = Command::new(flexgate_bin());
-    cmd.args(["start", "-c"])
-        .arg(&config_path)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .env_remove("PORT")
-        .env_remove("FLEXGATE_CONFIG")
-        .env_remove("FLEXGATE_ADMIN_TOKEN");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("spawn flexgate");
-    let mut gw = Gateway {
-        port,
-        admin_port,
-        dir,
-        config_path,
-        child,
-        log_path,
+    let edit = |section: String| {
+        section.replace(
+            "  token: test-admin-token\n",
+            &format!("  token: test-admin-token\n{admin_extra}"),
+        )
     };
-    gw.wait_ready(port);
-    gw.wait_ready(admin_port);
-    gw
+    Gateway::start_edited(&edit, body, env, files)
 }
 
 /// `flexgate check` on `config` (written to a temp folder with `files`),

@@ -488,17 +488,27 @@ impl Gateway {
     }
 
     pub fn start_with_env(extra_proxy: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_edited(&|section| format!("{section}{extra_proxy}"), body, env, &[])
+    }
+
+    /// Starts the gateway on the generated `admin:`/`proxy:` sections as
+    /// changed by `edit`, then `body`, with `files` written beside the
+    /// config and `env` set (`FLEXGATE_ADMIN_TOKEN` is never inherited).
+    pub fn start_edited(
+        edit: &dyn Fn(String) -> String,
+        body: &str,
+        env: &[(&str, &str)],
+        files: &[(&str, &str)],
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
-        let config = format!(
-            "{}{}{}",
-            proxy_section_with_admin(port, dir.path(), admin_port),
-            extra_proxy,
-            body
-        );
+        let section = edit(proxy_section_with_admin(port, dir.path(), admin_port));
         let config_path = dir.path().join("flexgate.yaml");
-        std::fs::write(&config_path, &config).unwrap();
+        std::fs::write(&config_path, format!("{section}{body}")).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
         let log_path = dir.path().join("flexgate.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flexgate"));
@@ -507,7 +517,8 @@ impl Gateway {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .env_remove("PORT")
-            .env_remove("FLEXGATE_CONFIG");
+            .env_remove("FLEXGATE_CONFIG")
+            .env_remove("FLEXGATE_ADMIN_TOKEN");
         for (k, v) in env {
             cmd.env(k, v);
         }
