@@ -26,10 +26,9 @@ fn from(gw: &Gateway, path: &str, addr: &str, key: Option<&str>) -> Response {
     request(gw.port, "GET", path, &h, b"")
 }
 
-#[test]
-fn mapped_addresses_are_ipv4_and_ipv6_clients_count_by_prefix() {
-    let up = TestUpstream::start("app", Behavior::Ok);
-    let body = format!(
+/// `/limited/*` allows 2 requests per client and minute; `10.66.0.0/16` is denied.
+fn limited_and_denied(up: &TestUpstream) -> String {
+    format!(
         r#"upstreams:
   - name: app
     url: "{}"
@@ -45,7 +44,13 @@ security:
   denyIps: ["10.66.0.0/16"]
 "#,
         up.url()
-    );
+    )
+}
+
+#[test]
+fn mapped_addresses_are_ipv4_and_ipv6_clients_count_by_prefix() {
+    let up = TestUpstream::start("app", Behavior::Ok);
+    let body = limited_and_denied(&up);
     let gw = Gateway::start(TRUSTED, &body);
     // IP rules: the mapped spelling of a denied address is denied.
     assert_eq!(from(&gw, "/x", "10.66.1.1", None).status, 403);
@@ -241,23 +246,7 @@ fn failed_authentications_have_their_own_budget_and_coalesced_events() {
 #[test]
 fn a_dual_stack_listener_sees_ipv4_clients_as_ipv4() {
     let up = TestUpstream::start("app", Behavior::Ok);
-    let body = format!(
-        r#"upstreams:
-  - name: app
-    url: "{}"
-routes:
-  - id: limited
-    path: /limited/*
-    upstream: app
-    rateLimit: {{max: 2, windowMs: 60000}}
-  - id: all
-    path: /*
-    upstream: app
-security:
-  denyIps: ["10.66.0.0/16"]
-"#,
-        up.url()
-    );
+    let body = limited_and_denied(&up);
     let dual_stack = |section: String| {
         let out = section.replace(
             "proxy:\n  listen: \"127.0.0.1:",
