@@ -23,7 +23,7 @@ pub use validate::{
 pub use model::*;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// One problem found in a config, with the path of the offending key.
@@ -421,7 +421,7 @@ pub fn check_key_store(
     configured: Option<&str>,
 ) -> Result<std::path::PathBuf, ConfigError> {
     let field = "security.auth.keyStore";
-    let path = crate::keys::store::store_path(config_path, configured);
+    let path = key_store_path(config_path, configured);
     let refuse = |why: &str| {
         ConfigError::new(
             field,
@@ -464,6 +464,18 @@ pub fn check_key_store(
             "is larger than {MAX_KEY_STORE_BYTES} bytes"
         ))),
         _ => Ok(target),
+    }
+}
+
+/// Where the store of a config file lives (`security.auth.keyStore`,
+/// relative paths from the config file's folder).
+pub fn key_store_path(config_path: &Path, configured: Option<&str>) -> PathBuf {
+    let name = configured.unwrap_or("flexgate-keys.json");
+    let p = Path::new(name);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_path.parent().unwrap_or(Path::new(".")).join(p)
     }
 }
 

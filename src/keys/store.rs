@@ -4,7 +4,7 @@
 
 use super::{from_hex, to_hex, unix_now};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One stored key (no plaintext).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -31,17 +31,7 @@ pub struct KeyFile {
     pub keys: Vec<StoredKey>,
 }
 
-/// Where the store of a config file lives (`security.auth.keyStore`,
-/// relative paths from the config file's folder).
-pub fn store_path(config_path: &Path, configured: Option<&str>) -> PathBuf {
-    let name = configured.unwrap_or("flexgate-keys.json");
-    let p = Path::new(name);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        config_path.parent().unwrap_or(Path::new(".")).join(p)
-    }
-}
+pub use crate::config::key_store_path as store_path;
 
 /// Reads the store; a missing file is an empty store. Only a regular
 /// file of at most [`crate::config::MAX_KEY_STORE_BYTES`] is read.
@@ -158,6 +148,7 @@ pub fn revoke(path: &Path, id_or_name: &str) -> Result<StoredKey, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn create_list_revoke_round_trip() {
