@@ -138,8 +138,7 @@ pub fn canonicalise<'a>(
                 let mut with_root = Vec::with_capacity(rest.len() + 1);
                 with_root.push(b'/');
                 with_root.extend_from_slice(rest);
-                let (r, m) = canonical_path_and_query(&with_root, policy, true)?;
-                (r, m)
+                canonical_path_and_query(&with_root, policy, true)?
             } else {
                 canonical_path_and_query(rest, policy, true)?
             };

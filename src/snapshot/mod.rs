@@ -219,15 +219,7 @@ fn auth_failure_budget(cfg: &DynamicConfig, previous: Option<&Snapshot>) -> Opti
         .auth
         .as_ref()
         .and_then(|a| a.failure_limit.as_ref());
-    let (max, window) = match configured {
-        Some(l) => (
-            l.requests.unwrap_or(l.max),
-            l.window_ms
-                .or(l.window)
-                .map_or(Duration::from_secs(60), |m| m.duration()),
-        ),
-        None => (20, Duration::from_secs(60)),
-    };
+    let (max, window) = configured.map_or((20, Duration::from_secs(60)), limit_settings);
     if max == 0 {
         return None;
     }
@@ -567,14 +559,21 @@ fn limit_rule(
     }
 }
 
-fn limit_from(l: &LimitConfig, id: String, previous: Option<&Snapshot>) -> Arc<LimitRule> {
+/// `{max, windowMs}` (or the API's `{requests, window}`) of a limit; the
+/// window defaults to a minute.
+fn limit_settings(l: &LimitConfig) -> (u64, Duration) {
     let window = l
         .window_ms
         .or(l.window)
         .map_or(Duration::from_secs(60), |m| m.duration());
+    (l.requests.unwrap_or(l.max), window)
+}
+
+fn limit_from(l: &LimitConfig, id: String, previous: Option<&Snapshot>) -> Arc<LimitRule> {
+    let (max, window) = limit_settings(l);
     limit_rule(
         id,
-        l.requests.unwrap_or(l.max),
+        max,
         window,
         l.by.as_deref(),
         l.message.clone(),
