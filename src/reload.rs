@@ -218,7 +218,10 @@ impl ConfigHandle {
         self.live.store(Arc::new(snap));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version, "config applied");
-        crate::events::emit("config.changed", serde_json::json!({"version": version}));
+        crate::events::emit(
+            crate::events::Event::ConfigChanged,
+            serde_json::json!({"version": version}),
+        );
     }
 
     /// Re-reads the file and swaps the snapshot in when it is valid.
@@ -258,7 +261,10 @@ impl ConfigHandle {
         self.live.store(Arc::new(snap));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version, path = %self.path.display(), "config reloaded");
-        crate::events::emit("config.changed", serde_json::json!({"version": version}));
+        crate::events::emit(
+            crate::events::Event::ConfigChanged,
+            serde_json::json!({"version": version}),
+        );
         Ok(version)
     }
 
@@ -270,7 +276,7 @@ impl ConfigHandle {
             "config reload rejected; the previous config stays live"
         );
         crate::events::emit(
-            "config.rejected",
+            crate::events::Event::ConfigRejected,
             serde_json::json!({"errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
         );
         Err(errs)

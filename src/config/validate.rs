@@ -148,17 +148,6 @@ pub fn host_allowed(patterns: &[String], host: &str) -> bool {
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
 ];
-const EVENTS: &[&str] = &[
-    "*",
-    "request.error",
-    "rate_limit.exceeded",
-    "circuit_breaker.opened",
-    "circuit_breaker.closed",
-    "upstream.failure",
-    "auth.failure",
-    "config.changed",
-    "config.rejected",
-];
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
@@ -1055,10 +1044,11 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
             ));
         }
         for (j, ev) in w.events.iter().enumerate() {
-            if !EVENTS.contains(&ev.as_str()) {
+            if !crate::events::Event::is_known_filter(ev) {
+                let known: Vec<&str> = crate::events::Event::ALL.iter().map(|e| e.name()).collect();
                 e.push(ConfigError::new(
                     format!("{wp}.events[{j}]"),
-                    format!("unknown event {ev:?} ({})", EVENTS.join(", ")),
+                    format!("unknown event {ev:?} (*, {})", known.join(", ")),
                 ));
             }
         }

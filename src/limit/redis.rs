@@ -82,7 +82,7 @@ impl RedisLimiter {
                 "redis rate limiter unavailable: deciding limits locally until it answers again"
             );
             crate::events::emit(
-                "rate_limit.backend_down",
+                crate::events::Event::RateLimitBackendDown,
                 serde_json::json!({ "backend": "redis", "reason": why }),
             );
         }
@@ -267,7 +267,7 @@ impl BackgroundService for RedisLimiterService {
                 l.recoveries.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("redis rate limiter connected: limits are shared across nodes");
                 crate::events::emit(
-                    "rate_limit.backend_up",
+                    crate::events::Event::RateLimitBackendUp,
                     serde_json::json!({ "backend": "redis" }),
                 );
             }

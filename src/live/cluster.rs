@@ -86,12 +86,18 @@ impl ClusterFeed {
         if self.up.swap(up, Ordering::Relaxed) != up {
             if up {
                 tracing::info!("NATS JetStream up: cluster metrics and alerts flow");
-                events::emit("dependency.up", serde_json::json!({"dependency": "nats"}));
+                events::emit(
+                    crate::events::Event::DependencyUp,
+                    serde_json::json!({"dependency": "nats"}),
+                );
             } else {
                 tracing::warn!(
                     "NATS JetStream down: metrics and alerts stay local until it returns"
                 );
-                events::emit("dependency.down", serde_json::json!({"dependency": "nats"}));
+                events::emit(
+                    crate::events::Event::DependencyDown,
+                    serde_json::json!({"dependency": "nats"}),
+                );
             }
         }
     }
@@ -250,7 +256,7 @@ impl BackgroundService for ClusterService {
 }
 
 /// An event as the ALERTS stream and `/api/stream/alerts` carry it.
-pub fn alert_json(node: &str, event: &events::Event) -> serde_json::Value {
+pub fn alert_json(node: &str, event: &events::Emitted) -> serde_json::Value {
     serde_json::json!({
         "node": node,
         "type": event.kind,

@@ -237,7 +237,7 @@ impl Gateway {
         }
         if let Some(left_out) = auth_event_gate() {
             crate::events::emit(
-                "auth.failure",
+                crate::events::Event::AuthFailure,
                 serde_json::json!({"route": &*route.id, "reason": reason, "clientIp": ctx.client_ip.to_string(), "requestId": ctx.request_id(), "failuresInWindow": failures, "eventsLeftOut": left_out}),
             );
         }
@@ -321,7 +321,7 @@ impl Gateway {
                 route.metrics.rate_limited.inc();
                 if decision.first_over {
                     crate::events::emit(
-                        "rate_limit.exceeded",
+                        crate::events::Event::RateLimitExceeded,
                         serde_json::json!({"rule": rule.id, "route": &*route.id, "key": rule.key_text(ctx.limit_ip, consumer)}),
                     );
                 }
@@ -888,7 +888,7 @@ impl ProxyHttp for Gateway {
                 self.stats.ejections.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(upstream = %up.name, target = %up.targets[i].url, "target ejected after consecutive connect failures");
                 crate::events::emit(
-                    "upstream.failure",
+                    crate::events::Event::UpstreamFailure,
                     serde_json::json!({"upstream": &*up.name, "target": up.targets[i].url, "reason": "ejected after consecutive connect failures"}),
                 );
             }
@@ -1153,7 +1153,7 @@ impl ProxyHttp for Gateway {
                             .with_label_values(&[&route.upstream.name, "open"])
                             .inc();
                         crate::events::emit(
-                            "circuit_breaker.opened",
+                            crate::events::Event::CircuitBreakerOpened,
                             serde_json::json!({"upstream": &*route.upstream.name}),
                         );
                     }
@@ -1164,7 +1164,7 @@ impl ProxyHttp for Gateway {
                             .with_label_values(&[&route.upstream.name, "closed"])
                             .inc();
                         crate::events::emit(
-                            "circuit_breaker.closed",
+                            crate::events::Event::CircuitBreakerClosed,
                             serde_json::json!({"upstream": &*route.upstream.name}),
                         );
                     }

@@ -139,7 +139,7 @@ impl SyncService {
                 if std::mem::take(outage) {
                     tracing::info!("config store reachable again");
                     crate::events::emit(
-                        "dependency.up",
+                        crate::events::Event::DependencyUp,
                         serde_json::json!({"dependency": "database"}),
                     );
                 }
@@ -149,7 +149,7 @@ impl SyncService {
                 if !std::mem::replace(outage, true) {
                     tracing::error!("config store unreachable; serving the last config: {e}");
                     crate::events::emit(
-                        "dependency.down",
+                        crate::events::Event::DependencyDown,
                         serde_json::json!({"dependency": "database", "error": e.to_string()}),
                     );
                 }
