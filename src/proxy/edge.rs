@@ -35,6 +35,7 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
+use super::respond::Reject;
 use super::Gateway;
 
 /// Per-connection state shared with the proxy phases through a task-local.
@@ -193,16 +194,11 @@ impl EdgeApp {
     }
 }
 
-async fn refuse(mut stream: Stream, reason: &str) {
-    let body =
-        format!("{{\"error\":\"too_many_connections\",\"message\":\"{reason}\",\"status\":503}}");
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+/// Answers a refused connection (a cap) with the gateway's 503 and closes it.
+async fn refuse(mut stream: Stream, reason: &'static str) {
+    let response = Reject::TooManyConnections(reason).raw_response();
     let write = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
+        stream.write_all(&response).await?;
         stream.flush().await?;
         stream.shutdown().await
     };
