@@ -8,11 +8,12 @@
 //!   client dripping a byte at a time would stay forever. Here each request
 //!   head must arrive completely within `headerTimeout` of its first byte
 //!   (of the accept, for the first request); otherwise the connection closes.
-//!   The proxy marks the head as received from `early_request_filter`
-//!   through a task-local flag. The deadline timer is only created when the
-//!   exchange is still waiting for its head after its first poll; a head that
-//!   is already there (the usual case on a kept-alive connection, whose first
-//!   byte the idle wait has seen) costs no timer at all.
+//!   The connection's stream is wrapped in an [`EdgeStream`] that notes when
+//!   bytes arrive; the proxy marks the head as received from
+//!   `early_request_filter`. The deadline timer only exists while a head is
+//!   partly in: an idle keep-alive connection waits in Pingora's own read
+//!   (its keep-alive timeout), and a head already buffered (pipelined) costs
+//!   no timer at all.
 //! - **Keep-alive**: idle timeout and requests-per-connection limit.
 //!
 //! HTTP/2 connections (TLS ALPN `h2`) are handed to Pingora unchanged after
@@ -23,7 +24,12 @@ use async_trait::async_trait;
 use http::HeaderValue;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::collections::HashMap;
@@ -38,33 +44,160 @@ use tokio::io::AsyncWriteExt;
 use super::respond::Reject;
 use super::Gateway;
 
-/// Per-connection state shared with the proxy phases through a task-local.
+/// Per-connection state, shared by the edge loop, the stream wrapper and
+/// the proxy phases (one thread touches it at a time: relaxed atomics).
+#[derive(Debug, Default)]
 struct ConnState {
+    /// Bytes arrived since the current request began (its head is coming).
+    bytes_arrived: AtomicBool,
     /// Set by the proxy once the current request's head has been parsed.
     head_received: AtomicBool,
     /// The peer address as a header value, formatted once per connection.
     peer_text: OnceLock<(IpAddr, HeaderValue)>,
 }
 
-tokio::task_local! {
-    static CONN: Arc<ConnState>;
+/// The client connection as Pingora sees it: the accepted stream, noting
+/// when bytes arrive. Everything else is the inner stream's.
+#[derive(Debug)]
+pub struct EdgeStream {
+    inner: Stream,
+    state: Arc<ConnState>,
+}
+
+impl tokio::io::AsyncRead for EdgeStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.bytes_arrived.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for EdgeStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for EdgeStream {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(self.inner.as_mut()).await
+    }
+}
+
+impl UniqueID for EdgeStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for EdgeStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for EdgeStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for EdgeStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for EdgeStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for EdgeStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// The connection state behind a proxied session, when it came through
+/// the edge loop (HTTP/1; HTTP/2 sessions are not wrapped).
+fn conn_state(session: &pingora_proxy::Session) -> Option<&ConnState> {
+    let stream = session.as_downstream().stream()?;
+    let edge = stream.as_any().downcast_ref::<EdgeStream>()?;
+    Some(&edge.state)
 }
 
 /// Called by the proxy once a request head has been parsed.
-pub fn mark_head_received() {
-    let _ = CONN.try_with(|c| c.head_received.store(true, Ordering::Relaxed));
+pub fn mark_head_received(session: &pingora_proxy::Session) {
+    if let Some(state) = conn_state(session) {
+        state.head_received.store(true, Ordering::Relaxed);
+    }
 }
 
-/// `ip` as a header value (`X-Forwarded-For`, `X-Real-IP`). The connection's
-/// peer address is formatted once per connection, not once per request.
-pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
-    CONN.try_with(|c| {
-        let (peer, text) = c.peer_text.get_or_init(|| (ip, format_ip(ip)));
-        (*peer == ip).then(|| text.clone())
-    })
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| format_ip(ip))
+/// `ip` as a header value (`X-Forwarded-For`, `X-Real-IP`). The
+/// connection's peer address is formatted once per connection, not once
+/// per request.
+pub fn ip_header_value(session: &pingora_proxy::Session, ip: IpAddr) -> HeaderValue {
+    conn_state(session)
+        .and_then(|c| {
+            let (peer, text) = c.peer_text.get_or_init(|| (ip, format_ip(ip)));
+            (*peer == ip).then(|| text.clone())
+        })
+        .unwrap_or_else(|| format_ip(ip))
 }
 
 fn format_ip(ip: IpAddr) -> HeaderValue {
@@ -205,48 +338,11 @@ async fn refuse(mut stream: Stream, reason: &'static str) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
-/// True when the previous exchange left the first bytes of a pipelined
-/// request in `settings` (the next request is already here: no idle wait).
-/// Pingora keeps that field private; its `Debug` output names it, and is
-/// scanned here without allocating.
-fn has_pipelined_request(settings: &HttpPersistentSettings) -> bool {
-    use std::fmt::Write;
-    const NEEDLE: &[u8] = b"pipelined_prefix: Some";
-    struct Scan {
-        matched: usize,
-        found: bool,
-    }
-    impl Write for Scan {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            for &b in s.as_bytes() {
-                if self.found {
-                    return Err(std::fmt::Error); // stop formatting early
-                }
-                if b == NEEDLE[self.matched] {
-                    self.matched += 1;
-                    if self.matched == NEEDLE.len() {
-                        self.found = true;
-                    }
-                } else {
-                    self.matched = usize::from(b == NEEDLE[0]);
-                }
-            }
-            Ok(())
-        }
-    }
-    let mut scan = Scan {
-        matched: 0,
-        found: false,
-    };
-    let _ = write!(scan, "{settings:?}");
-    scan.found
-}
-
 #[async_trait]
 impl ServerApp for EdgeApp {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let peer_ip = stream
@@ -269,9 +365,10 @@ impl ServerApp for EdgeApp {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
 
-        let conn = Arc::new(ConnState {
-            head_received: AtomicBool::new(false),
-            peer_text: OnceLock::new(),
+        let state = Arc::new(ConnState::default());
+        let mut stream: Stream = Box::new(EdgeStream {
+            inner: stream,
+            state: state.clone(),
         });
         let keepalive_secs = self.keepalive_timeout.as_secs().max(1);
         let reuse_limit = self
@@ -281,29 +378,12 @@ impl ServerApp for EdgeApp {
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
-            let mut deadline = self.header_timeout;
-            let pipelined = settings.as_ref().is_some_and(has_pipelined_request);
-            if !first && !pipelined {
-                // Idle keep-alive: wait for the next request's first byte,
-                // but not past the start of a shutdown.
-                if *shutdown.borrow() {
-                    return None;
-                }
-                let mut byte = [0u8; 1];
-                let mut stopping = shutdown.clone();
-                tokio::select! {
-                    r = tokio::time::timeout(self.keepalive_timeout, stream.try_peek(&mut byte)) => match r {
-                        Ok(Ok(true)) => {}
-                        Ok(Ok(false)) => deadline += self.keepalive_timeout, // cannot peek: count idle time too
-                        _ => return None,                                    // idle timeout or closed
-                    },
-                    _ = stopping.changed() => return None,
-                }
-            }
             let mut session = ServerSession::new_http1(stream);
             // Pipelined requests are answered in order, each through the
             // whole chain (RFC 9112 §9.3.2), as nginx does.
             session.set_pipelining_enabled(true);
+            // Idle keep-alive connections wait in Pingora's read, bounded by
+            // the keep-alive timeout; at shutdown they end (below).
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             } else {
@@ -313,34 +393,54 @@ impl ServerApp for EdgeApp {
                 Some(s) => s.apply_to_session(&mut session),
                 None => session.set_keepalive_reuses_remaining(reuse_limit),
             }
-            conn.head_received.store(false, Ordering::Relaxed);
-            let fut = CONN.scope(conn.clone(), self.proxy.process_new_http(session, shutdown));
+            state.head_received.store(false, Ordering::Relaxed);
+            state.bytes_arrived.store(false, Ordering::Relaxed);
+            let fut = self.proxy.process_new_http(session, shutdown);
             tokio::pin!(fut);
-            // The exchange, raced against the header deadline until its head
-            // is in. The timer only exists while the head is awaited.
+            // The exchange, raced against the header deadline while a head
+            // is coming in, and against shutdown while the connection idles.
+            // Neither timer nor shutdown waiter exists unless needed.
             let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+            let mut stopping: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
+                None;
             let result = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
-                if conn.head_received.load(Ordering::Relaxed) {
+                if state.head_received.load(Ordering::Relaxed) {
                     timer = None;
                     return Poll::Pending;
                 }
-                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
-                match t.as_mut().poll(cx) {
+                if first || state.bytes_arrived.load(Ordering::Relaxed) {
+                    stopping = None;
+                    let t = timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.header_timeout)));
+                    return match t.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            self.counters
+                                .header_timeouts
+                                .fetch_add(1, Ordering::Relaxed);
+                            Poll::Ready(None)
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+                // Idle between requests: end at the start of a shutdown.
+                let stop = stopping.get_or_insert_with(|| {
+                    let mut watch = shutdown.clone();
+                    Box::pin(async move {
+                        let _ = watch.wait_for(|stop| *stop).await;
+                    })
+                });
+                match stop.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }
             })
             .await;
-            let Some(result) = result else {
-                self.counters
-                    .header_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                return None; // dropping the session closes the connection
-            };
-            let (next, persisted) = result?.consume();
+            // `None`: the deadline or a shutdown; dropping the session
+            // closes the connection.
+            let (next, persisted) = result??.consume();
             stream = next;
             settings = persisted;
             first = false;
@@ -359,26 +459,6 @@ impl ServerApp for EdgeApp {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pipelined_request_is_seen_in_the_settings() {
-        use bytes::BytesMut;
-        let session = ServerSession::new_http1(Box::new(tokio_test_stream()));
-        let mut settings = HttpPersistentSettings::for_session(&session);
-        assert!(!has_pipelined_request(&settings));
-        settings.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
-        assert!(has_pipelined_request(&settings));
-    }
-
-    fn tokio_test_stream() -> tokio::net::UnixStream {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (a, _b) = rt.block_on(async { tokio::net::UnixStream::pair().unwrap() });
-        std::mem::forget(rt);
-        a
-    }
 
     #[test]
     fn caps_are_enforced_and_released() {

@@ -48,7 +48,7 @@ pub fn upstream_request(
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_canonical());
     let trusted = peer_ip.is_some_and(|ip| snap.is_trusted(&ip));
-    let peer_value = peer_ip.map_or(EMPTY, edge::ip_header_value);
+    let peer_value = peer_ip.map_or(EMPTY, |ip| edge::ip_header_value(session, ip));
     // X-Forwarded-For: append to a trusted proxy's list, else start fresh.
     let previous = upstream_request
         .headers
@@ -86,7 +86,7 @@ pub fn upstream_request(
     let real_ip = if peer_ip == Some(ctx.client.ip) {
         peer_value
     } else {
-        edge::ip_header_value(ctx.client.ip)
+        edge::ip_header_value(session, ctx.client.ip)
     };
     upstream_request.insert_header(H_X_REAL_IP, real_ip)?;
     upstream_request.remove_header(&FORWARDED);

@@ -208,10 +208,10 @@ impl ProxyHttp for Gateway {
 
     async fn early_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        edge::mark_head_received();
+        edge::mark_head_received(session);
         Ok(())
     }
 
