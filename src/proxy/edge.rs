@@ -11,9 +11,13 @@
 //!   The connection's stream is wrapped in an [`EdgeStream`] that notes when
 //!   bytes arrive; the proxy marks the head as received from
 //!   `early_request_filter`. The deadline timer only exists while a head is
-//!   partly in: an idle keep-alive connection waits in Pingora's own read
-//!   (its keep-alive timeout), and a head already buffered (pipelined) costs
-//!   no timer at all.
+//!   partly in: a head that arrives whole costs no timer at all.
+//! - **Idle keep-alive**: between requests the loop itself waits for the
+//!   next request's first bytes (they are handed to Pingora's first read),
+//!   so an idle connection holds no session, no exchange state and no
+//!   buffer beyond the stream's own. The wait ends at the keep-alive timeout
+//!   and at the start of a shutdown. When Pingora already holds the next
+//!   request's bytes (pipelining), there is no wait.
 //! - **Keep-alive**: idle timeout and requests-per-connection limit.
 //!
 //! HTTP/2 connections (TLS ALPN `h2`) are handed to Pingora unchanged after
@@ -52,16 +56,53 @@ struct ConnState {
     bytes_arrived: AtomicBool,
     /// Set by the proxy once the current request's head has been parsed.
     head_received: AtomicBool,
+    /// Bytes handed to Pingora on this connection.
+    delivered: AtomicU64,
+    /// Bytes of requests (heads and bodies) Pingora has finished with.
+    consumed: AtomicU64,
+    /// The last exchange left bytes of the next request in Pingora's
+    /// buffer (HTTP/1.1 pipelining): no idle wait before it.
+    pipelined: AtomicBool,
     /// The peer address as a header value, formatted once per connection.
     peer_text: OnceLock<(IpAddr, HeaderValue)>,
 }
 
 /// The client connection as Pingora sees it: the accepted stream, noting
-/// when bytes arrive. Everything else is the inner stream's.
+/// when bytes arrive. Between requests the edge loop reads the next
+/// request's first bytes itself ([`EdgeStream::poll_idle`]), with no
+/// session allocated, and hands them to Pingora's first read.
+/// Everything else is the inner stream's.
 #[derive(Debug)]
 pub struct EdgeStream {
     inner: Stream,
     state: Arc<ConnState>,
+    /// Bytes read while idle, not yet handed to Pingora.
+    replay: Vec<u8>,
+    replay_from: usize,
+}
+
+/// Bytes read at most by one idle wait (the rest stays in the stream's
+/// own buffer).
+const IDLE_READ: usize = 2048;
+
+impl EdgeStream {
+    /// Waits for the next request's first bytes; `Ok(false)` when the
+    /// client closed the connection.
+    fn poll_idle(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<bool>> {
+        let mut bytes = [0u8; IDLE_READ];
+        let mut buf = tokio::io::ReadBuf::new(&mut bytes);
+        match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.inner), cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(())) => {
+                self.replay.clear();
+                self.replay.extend_from_slice(buf.filled());
+                self.replay_from = 0;
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for EdgeStream {
@@ -70,10 +111,24 @@ impl tokio::io::AsyncRead for EdgeStream {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.state.bytes_arrived.store(true, Ordering::Relaxed);
+        let polled = if this.replay_from < this.replay.len() {
+            let n = buf.remaining().min(this.replay.len() - this.replay_from);
+            buf.put_slice(&this.replay[this.replay_from..this.replay_from + n]);
+            this.replay_from += n;
+            if this.replay_from == this.replay.len() && this.replay.capacity() > IDLE_READ {
+                this.replay = Vec::new();
+                this.replay_from = 0;
+            }
+            Poll::Ready(Ok(()))
+        } else {
+            std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+        };
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.state.bytes_arrived.store(true, Ordering::Relaxed);
+            this.state.delivered.fetch_add(n as u64, Ordering::Relaxed);
         }
         polled
     }
@@ -186,6 +241,27 @@ pub fn mark_head_received(session: &pingora_proxy::Session) {
     if let Some(state) = conn_state(session) {
         state.head_received.store(true, Ordering::Relaxed);
     }
+}
+
+/// Called by the proxy when an exchange ends: notes whether Pingora has
+/// read past the requests it finished (the start of a pipelined one is
+/// waiting in its buffer). Chunked framing is not counted as consumed, so
+/// after a chunked request the connection's idle waits happen inside
+/// Pingora: correct, only less frugal with memory.
+pub fn mark_exchange_end(session: &pingora_proxy::Session) {
+    let Some(state) = conn_state(session) else {
+        return;
+    };
+    let this_request = session
+        .as_downstream()
+        .as_http1()
+        .map_or(0, |h1| h1.get_headers_raw_bytes().len() as u64)
+        + session.as_ref().body_bytes_read() as u64;
+    let consumed = state.consumed.fetch_add(this_request, Ordering::Relaxed) + this_request;
+    let delivered = state.delivered.load(Ordering::Relaxed);
+    state
+        .pipelined
+        .store(delivered > consumed, Ordering::Relaxed);
 }
 
 /// `ip` as a header value (`X-Forwarded-For`, `X-Real-IP`). The
@@ -366,9 +442,11 @@ impl ServerApp for EdgeApp {
         }
 
         let state = Arc::new(ConnState::default());
-        let mut stream: Stream = Box::new(EdgeStream {
+        let mut edge = Box::new(EdgeStream {
             inner: stream,
             state: state.clone(),
+            replay: Vec::new(),
+            replay_from: 0,
         });
         let keepalive_secs = self.keepalive_timeout.as_secs().max(1);
         let reuse_limit = self
@@ -378,12 +456,28 @@ impl ServerApp for EdgeApp {
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
-            let mut session = ServerSession::new_http1(stream);
+            if !first && !state.pipelined.load(Ordering::Relaxed) {
+                // Idle keep-alive: wait for the next request's first bytes
+                // here, holding no session, up to the keep-alive timeout and
+                // not past the start of a shutdown.
+                let mut stopping = shutdown.clone();
+                if *stopping.borrow_and_update() {
+                    return None;
+                }
+                tokio::select! {
+                    biased;
+                    r = std::future::poll_fn(|cx| edge.poll_idle(cx)) => match r {
+                        Ok(true) => {}
+                        _ => return None, // closed or broken
+                    },
+                    _ = tokio::time::sleep(self.keepalive_timeout) => return None,
+                    _ = stopping.changed() => return None,
+                }
+            }
+            let mut session = ServerSession::new_http1(edge);
             // Pipelined requests are answered in order, each through the
             // whole chain (RFC 9112 §9.3.2), as nginx does.
             session.set_pipelining_enabled(true);
-            // Idle keep-alive connections wait in Pingora's read, bounded by
-            // the keep-alive timeout; at shutdown they end (below).
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             } else {
@@ -394,54 +488,45 @@ impl ServerApp for EdgeApp {
                 None => session.set_keepalive_reuses_remaining(reuse_limit),
             }
             state.head_received.store(false, Ordering::Relaxed);
-            state.bytes_arrived.store(false, Ordering::Relaxed);
-            let fut = self.proxy.process_new_http(session, shutdown);
-            tokio::pin!(fut);
+            state.bytes_arrived.store(first, Ordering::Relaxed);
+            state.pipelined.store(false, Ordering::Relaxed);
+            // Boxed: an idle connection's task then holds no exchange state.
+            let mut fut = Box::pin(self.proxy.process_new_http(session, shutdown));
             // The exchange, raced against the header deadline while a head
-            // is coming in, and against shutdown while the connection idles.
-            // Neither timer nor shutdown waiter exists unless needed.
+            // is coming in (from the accept, for the first request; from its
+            // first bytes, after an idle wait). The timer only exists while
+            // a head is partly in: a head that is already complete costs none.
             let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-            let mut stopping: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
-                None;
             let result = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
-                if state.head_received.load(Ordering::Relaxed) {
+                if state.head_received.load(Ordering::Relaxed)
+                    || !state.bytes_arrived.load(Ordering::Relaxed)
+                {
+                    // Served, or a pipelined request's head is not in yet
+                    // (Pingora's keep-alive timeout bounds that wait).
                     timer = None;
                     return Poll::Pending;
                 }
-                if first || state.bytes_arrived.load(Ordering::Relaxed) {
-                    stopping = None;
-                    let t = timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.header_timeout)));
-                    return match t.as_mut().poll(cx) {
-                        Poll::Ready(()) => {
-                            self.counters
-                                .header_timeouts
-                                .fetch_add(1, Ordering::Relaxed);
-                            Poll::Ready(None)
-                        }
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
-                // Idle between requests: end at the start of a shutdown.
-                let stop = stopping.get_or_insert_with(|| {
-                    let mut watch = shutdown.clone();
-                    Box::pin(async move {
-                        let _ = watch.wait_for(|stop| *stop).await;
-                    })
-                });
-                match stop.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(None),
+                let t =
+                    timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(self.header_timeout)));
+                match t.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.counters
+                            .header_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                        Poll::Ready(None)
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             })
             .await;
-            // `None`: the deadline or a shutdown; dropping the session
-            // closes the connection.
+            drop(fut);
+            // `None`: the header deadline; dropping the session closes the
+            // connection.
             let (next, persisted) = result??.consume();
-            stream = next;
+            edge = next.into_any().downcast::<EdgeStream>().ok()?;
             settings = persisted;
             first = false;
         }

@@ -369,6 +369,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        edge::mark_exchange_end(session);
         upstream::release_target(ctx);
         admission::release(self, ctx);
         observe::finished(self, session, e, ctx);
