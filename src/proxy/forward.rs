@@ -42,7 +42,7 @@ pub fn upstream_request(
     let (Some(route), snap) = (ctx.route.as_ref(), &ctx.snap) else {
         return Ok(());
     };
-    hygiene::strip_hop_by_hop(upstream_request, ctx.websocket);
+    hygiene::strip_hop_by_hop(upstream_request, ctx.websocket, false);
     let peer_ip = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -135,7 +135,7 @@ pub fn upstream_request(
 /// Prepares the response head the client receives.
 pub fn downstream_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    hygiene::strip_hop_by_hop(resp, switching && ctx.websocket);
+    hygiene::strip_hop_by_hop(resp, switching && ctx.websocket, true);
     resp.insert_header(H_X_REQUEST_ID, ctx.request_id.clone())?;
     if let Some((d, rule)) = &ctx.admission.rate {
         resp.insert_header("ratelimit-policy", rule.policy.as_str())?;

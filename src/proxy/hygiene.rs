@@ -193,7 +193,16 @@ impl HeaderEdit for pingora_http::ResponseHeader {
 /// Removes hop-by-hop headers (and those listed in `Connection`). `TE` is
 /// kept only as `trailers`; `Upgrade`/`Connection: upgrade` only when
 /// `keep_upgrade` (a WebSocket route with an upgrade request, or a 101).
-pub fn strip_hop_by_hop<H: HeaderEdit>(head: &mut H, keep_upgrade: bool) {
+///
+/// `connection_replaced`: the head is a response Pingora writes to the
+/// client, and Pingora sets `Connection` itself there; a `Connection`
+/// header that lists nothing but `keep-alive`/`close` is then left for it
+/// to replace (the common upstream response costs no removal).
+pub fn strip_hop_by_hop<H: HeaderEdit>(
+    head: &mut H,
+    keep_upgrade: bool,
+    connection_replaced: bool,
+) {
     let headers = head.header_map();
     // One pass over the (few) names finds which hop-by-hop headers are
     // present, instead of a hash lookup per hop-by-hop name.
@@ -207,13 +216,24 @@ pub fn strip_hop_by_hop<H: HeaderEdit>(head: &mut H, keep_upgrade: bool) {
             concerned = true;
         }
     }
-    if !concerned {
+    let only_plain_connection = || {
+        present[1..].iter().all(|p| !p)
+            && !headers.contains_key(header::TE)
+            && !headers.contains_key(header::UPGRADE)
+            && headers.get_all(header::CONNECTION).iter().all(|v| {
+                v.as_bytes().split(|b| *b == b',').all(|t| {
+                    let t = t.trim_ascii();
+                    t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+                })
+            })
+    };
+    if !concerned || (connection_replaced && !keep_upgrade && only_plain_connection()) {
         if keep_upgrade {
             head.set(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         return;
     }
-    let has_connection = headers.contains_key(header::CONNECTION);
+    let has_connection = present[0];
     // Only names actually present are collected (`Connection: keep-alive`
     // or `close` then costs no allocation).
     let listed: Vec<HeaderName> = if has_connection {
@@ -357,7 +377,7 @@ mod tests {
             ("proxy-authorization", "Basic x"),
             ("x-keep", "1"),
         ]);
-        strip_hop_by_hop(&mut r, false);
+        strip_hop_by_hop(&mut r, false, false);
         let names: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-keep"]);
         let mut ws = req(&[
@@ -365,10 +385,29 @@ mod tests {
             ("upgrade", "websocket"),
             ("te", "trailers"),
         ]);
-        strip_hop_by_hop(&mut ws, true);
+        strip_hop_by_hop(&mut ws, true, false);
         assert_eq!(ws.headers.get("upgrade").unwrap(), "websocket");
         assert_eq!(ws.headers.get("connection").unwrap(), "upgrade");
         assert_eq!(ws.headers.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn a_plain_connection_header_is_left_for_pingora_to_replace_on_responses() {
+        let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("connection", "keep-alive").unwrap();
+        resp.insert_header("x-keep", "1").unwrap();
+        strip_hop_by_hop(&mut resp, false, true);
+        assert!(resp.headers.contains_key("connection"));
+        // A listed header is still removed, and Connection with it.
+        resp.insert_header("connection", "keep-alive, x-keep")
+            .unwrap();
+        strip_hop_by_hop(&mut resp, false, true);
+        assert!(!resp.headers.contains_key("x-keep"));
+        assert!(!resp.headers.contains_key("connection"));
+        // Requests: always removed (a client's `close` must not reach the pool).
+        let mut r = req(&[("connection", "close")]);
+        strip_hop_by_hop(&mut r, false, false);
+        assert!(!r.headers.contains_key("connection"));
     }
 
     #[test]
