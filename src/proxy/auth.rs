@@ -157,3 +157,274 @@ fn failed(snap: &Snapshot, route: &Route, client: &Client, request_id: &str, rea
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::test_support::{gateway, key_digest, Answer, TestGateway};
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+
+    const JWT_SECRET: &str = "a-shared-secret-of-32-bytes-long";
+
+    /// Routes of every auth mode; `alice-key` carries scope `read`; bad
+    /// credentials from one address are refused after `budget` failures
+    /// in an hour.
+    fn config(budget: u64) -> TestGateway {
+        gateway(&format!(
+            r#"upstreams:
+  - name: app
+    url: "http://127.0.0.1:9"
+routes:
+  - id: open
+    path: /open/*
+    upstream: app
+  - id: keys
+    path: /keys/*
+    upstream: app
+    auth: required
+  - id: admin
+    path: /admin/*
+    upstream: app
+    auth: required
+    scopes: [admin]
+  - id: maybe
+    path: /maybe/*
+    upstream: app
+    auth: optional
+  - id: token
+    path: /token/*
+    upstream: app
+    auth: jwt
+security:
+  auth:
+    failureLimit: {{max: {budget}, windowMs: 3600000}}
+    keys:
+      - key: "{alice}"
+        name: alice
+        scopes: [read]
+  jwt:
+    secret: "{JWT_SECRET}"
+    forwardClaims:
+      sub: X-User-Id
+      email: X-User-Email
+"#,
+            alice = key_digest("alice-key"),
+        ))
+    }
+
+    /// `GET path` with extra header lines (each ending in `\r\n`).
+    fn get(path: &str, headers: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: api.test\r\n{headers}\r\n")
+    }
+
+    /// Authenticates the request; a refusal is written out and returned as
+    /// the client reads it.
+    async fn auth(t: &TestGateway, ip: &str, raw: &str) -> Result<Identity, Answer> {
+        let mut x = t.request(ip, raw).await;
+        let verdict = authenticate(
+            &t.snap,
+            &x.route(),
+            x.session.req_header(),
+            &x.ctx.client,
+            x.ctx.request_id(),
+        );
+        match verdict {
+            Ok(identity) => Ok(identity),
+            Err(reject) => Err(x.refused(&t.gw, reject).await),
+        }
+    }
+
+    fn token(claims: serde_json::Value, secret: &str) -> String {
+        let t = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("token signed");
+        format!("Authorization: Bearer {t}\r\n")
+    }
+
+    fn consumer(identity: &Identity) -> Option<&str> {
+        identity.consumer.as_deref()
+    }
+
+    #[tokio::test]
+    async fn a_route_without_auth_reads_no_credentials() {
+        // One failure would spend this budget.
+        let t = config(1);
+        let junk = "X-API-Key: not-a-key\r\nAuthorization: Bearer not.a.token\r\n";
+        let identity = auth(&t, "10.0.0.1", &get("/open/x", junk)).await.unwrap();
+        assert_eq!(consumer(&identity), None);
+        assert!(identity.jwt.is_none());
+        // Nothing was counted against the address: its valid key still passes.
+        let alice = auth(&t, "10.0.0.1", &get("/keys/x", "X-API-Key: alice-key\r\n"))
+            .await
+            .expect("the budget is untouched");
+        assert_eq!(consumer(&alice), Some("alice"));
+    }
+
+    #[tokio::test]
+    async fn a_required_key_that_is_missing_is_401_with_an_apikey_challenge() {
+        let t = config(20);
+        let answer = auth(&t, "10.0.0.1", &get("/keys/x", "")).await.unwrap_err();
+        assert_eq!(answer.status, 401);
+        assert_eq!(answer.code(), "unauthorized");
+        assert_eq!(answer.message(), "an API key is required");
+        assert_eq!(answer.header("www-authenticate"), Some("ApiKey"));
+        assert_eq!(answer.header("x-request-id"), Some("test-request"));
+        assert!(!answer.closes(), "a refused GET keeps its connection");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_is_401() {
+        let t = config(20);
+        let raw = get("/keys/x", "X-API-Key: mallory-key\r\n");
+        let answer = auth(&t, "10.0.0.1", &raw).await.unwrap_err();
+        assert_eq!(answer.status, 401);
+        assert_eq!(answer.code(), "unauthorized");
+        assert_eq!(answer.message(), "the API key is not valid");
+        assert_eq!(answer.header("www-authenticate"), Some("ApiKey"));
+    }
+
+    #[tokio::test]
+    async fn a_valid_key_names_its_consumer() {
+        let t = config(20);
+        let raw = get("/keys/x", "X-API-Key: alice-key\r\n");
+        let identity = auth(&t, "10.0.0.1", &raw).await.unwrap();
+        assert_eq!(consumer(&identity), Some("alice"));
+        assert!(identity.jwt.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_key_without_the_route_scope_is_403() {
+        let t = config(20);
+        let raw = get("/admin/x", "X-API-Key: alice-key\r\n");
+        let answer = auth(&t, "10.0.0.1", &raw).await.unwrap_err();
+        assert_eq!(answer.status, 403);
+        assert_eq!(answer.code(), "forbidden");
+        assert_eq!(
+            answer.message(),
+            "the API key lacks a scope this route requires"
+        );
+        assert_eq!(answer.header("www-authenticate"), None);
+    }
+
+    #[tokio::test]
+    async fn optional_auth_lets_anonymous_clients_through_and_checks_a_key() {
+        let t = config(20);
+        let anonymous = auth(&t, "10.0.0.1", &get("/maybe/x", "")).await.unwrap();
+        assert_eq!(consumer(&anonymous), None);
+        let raw = get("/maybe/x", "X-API-Key: alice-key\r\n");
+        let alice = auth(&t, "10.0.0.1", &raw).await.unwrap();
+        assert_eq!(consumer(&alice), Some("alice"));
+        // A key that is presented must be valid.
+        let raw = get("/maybe/x", "X-API-Key: mallory-key\r\n");
+        let answer = auth(&t, "10.0.0.1", &raw).await.unwrap_err();
+        assert_eq!(answer.status, 401);
+        assert_eq!(answer.header("www-authenticate"), Some("ApiKey"));
+    }
+
+    #[tokio::test]
+    async fn a_valid_jwt_gives_its_subject_and_the_forwarded_claims() {
+        let t = config(20);
+        let now = crate::keys::unix_now();
+        let bearer = token(
+            serde_json::json!({"sub": "u-42", "email": "u42@example.com", "exp": now + 600}),
+            JWT_SECRET,
+        );
+        let identity = auth(&t, "10.0.0.1", &get("/token/x", &bearer))
+            .await
+            .unwrap();
+        assert_eq!(consumer(&identity), Some("u-42"));
+        let jwt = identity.jwt.expect("the verified token");
+        let mut forwarded: Vec<(&str, &str)> = jwt
+            .headers
+            .iter()
+            .map(|(h, v)| (h.as_str(), v.to_str().unwrap()))
+            .collect();
+        forwarded.sort();
+        assert_eq!(
+            forwarded,
+            vec![("x-user-email", "u42@example.com"), ("x-user-id", "u-42")]
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_jwts_are_401_with_a_bearer_challenge() {
+        let t = config(20);
+        let now = crate::keys::unix_now();
+        let expired = token(
+            serde_json::json!({"sub": "u-42", "exp": now - 3600}),
+            JWT_SECRET,
+        );
+        let forged = token(
+            serde_json::json!({"sub": "u-42", "exp": now + 600}),
+            "another-secret-of-32-bytes-long!",
+        );
+        // An API key does not stand in for the token on a JWT route.
+        let key_only = "X-API-Key: alice-key\r\n".to_string();
+        for (headers, message) in [
+            (expired, "the token has expired"),
+            (forged, "the token signature is invalid"),
+            (key_only, "a bearer token is required"),
+        ] {
+            let raw = get("/token/x", &headers);
+            let answer = auth(&t, "10.0.0.1", &raw).await.unwrap_err();
+            assert_eq!(answer.status, 401, "{message}");
+            assert_eq!(answer.code(), "unauthorized");
+            assert_eq!(answer.message(), message);
+            let challenge = answer.header("www-authenticate").unwrap_or("");
+            assert!(
+                challenge.starts_with("Bearer ") && challenge.contains(message),
+                "{message}: challenge {challenge:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spent_failure_budget_is_429_even_for_a_valid_key() {
+        let t = config(3);
+        for _ in 0..3 {
+            let raw = get("/keys/x", "X-API-Key: mallory-key\r\n");
+            let answer = auth(&t, "10.0.0.1", &raw).await.unwrap_err();
+            assert_eq!(answer.status, 401);
+        }
+        let valid = get("/keys/x", "X-API-Key: alice-key\r\n");
+        let answer = auth(&t, "10.0.0.1", &valid).await.unwrap_err();
+        assert_eq!(answer.status, 429);
+        assert_eq!(answer.code(), "too_many_auth_failures");
+        let retry_after: u64 = answer
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("seconds");
+        assert!((1..=3600).contains(&retry_after), "{retry_after}");
+        // Every authenticated route, whatever the method.
+        let now = crate::keys::unix_now();
+        let bearer = token(
+            serde_json::json!({"sub": "u-42", "exp": now + 600}),
+            JWT_SECRET,
+        );
+        let answer = auth(&t, "10.0.0.1", &get("/token/x", &bearer))
+            .await
+            .unwrap_err();
+        assert_eq!(answer.code(), "too_many_auth_failures");
+        // Another address is not affected.
+        let alice = auth(&t, "10.0.0.2", &valid).await.unwrap();
+        assert_eq!(consumer(&alice), Some("alice"));
+    }
+
+    #[tokio::test]
+    async fn the_failure_budget_counts_an_ipv6_client_by_its_prefix() {
+        let t = config(1);
+        let bad = get("/keys/x", "X-API-Key: mallory-key\r\n");
+        let valid = get("/keys/x", "X-API-Key: alice-key\r\n");
+        let answer = auth(&t, "2001:db8:1:2::10", &bad).await.unwrap_err();
+        assert_eq!(answer.status, 401);
+        // Same /64 (the default `rateLimit.ipv6Prefix`): the same client.
+        let answer = auth(&t, "2001:db8:1:2::99", &valid).await.unwrap_err();
+        assert_eq!(answer.code(), "too_many_auth_failures");
+        let other = auth(&t, "2001:db8:1:3::10", &valid).await.unwrap();
+        assert_eq!(consumer(&other), Some("alice"));
+    }
+}

@@ -44,7 +44,7 @@ pub struct Client {
 }
 
 /// What the client proved (`auth.rs`).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Identity {
     /// The API key's or the token's subject.
     pub consumer: Option<Arc<str>>,

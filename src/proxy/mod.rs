@@ -27,6 +27,8 @@ pub mod forward;
 pub mod hygiene;
 pub mod observe;
 pub mod respond;
+#[cfg(test)]
+mod test_support;
 pub mod upstream;
 
 use crate::limit::redis::RedisLimiter;
