@@ -85,6 +85,14 @@ impl ProxyHttp for Bare {
 }
 
 fn main() {
+    // The same process settings as the flexgate binary (src/main.rs): no
+    // transparent huge pages, so memory compares like for like.
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a
+    // flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let args = Args::parse();
     let peer = HttpPeer::new(args.upstream.as_str(), false, String::new());
     // Pingora only uses these paths for daemon mode and upgrades; keep them

@@ -57,25 +57,57 @@ pub fn authenticate(
 }
 
 /// `auth: jwt`: a valid bearer token (`security.jwt`).
+///
+/// The challenge follows RFC 6750 §3: a request without a bearer token gets
+/// a plain `Bearer` challenge; a refused token gets `error="invalid_token"`
+/// with the reason, quotes and backslashes replaced so the header stays a
+/// valid quoted string.
 fn bearer_token(snap: &Snapshot, req: &RequestHeader, now: u64) -> Result<Identity, Failure> {
-    let verdict = match (&snap.jwt, req.headers.get(header::AUTHORIZATION)) {
-        (Some(v), Some(h)) => v.verify(h.as_bytes(), now).map_err(|r| r.0),
-        (Some(_), None) => Err("a bearer token is required".to_string()),
-        (None, _) => Err("JWT authentication is not configured".to_string()),
+    let Some(verifier) = &snap.jwt else {
+        return Err(invalid_token("JWT authentication is not configured".into()));
     };
-    match verdict {
+    let presented = req
+        .headers
+        .get(header::AUTHORIZATION)
+        .filter(|h| h.as_bytes().len() > 7 && h.as_bytes()[..7].eq_ignore_ascii_case(b"bearer "));
+    let Some(authorization) = presented else {
+        return Err(Failure {
+            reject: Reject::Unauthorized {
+                message: "a bearer token is required".into(),
+                challenge: "Bearer".into(),
+            },
+            reason: "jwt",
+        });
+    };
+    match verifier.verify(authorization.as_bytes(), now) {
         Ok(verified) => Ok(Identity {
             consumer: Some(verified.subject.clone()),
             jwt: Some(verified),
         }),
-        Err(why) => Err(Failure {
-            reject: Reject::Unauthorized {
-                challenge: format!("Bearer error=\"invalid_token\", error_description=\"{why}\"")
-                    .into(),
-                message: why.into(),
-            },
-            reason: "jwt",
-        }),
+        Err(why) => Err(invalid_token(why.0)),
+    }
+}
+
+/// The 401 for a token that was presented and refused.
+fn invalid_token(why: String) -> Failure {
+    let description: String = why
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    Failure {
+        reject: Reject::Unauthorized {
+            challenge: format!(
+                "Bearer error=\"invalid_token\", error_description=\"{description}\""
+            )
+            .into(),
+            message: why.into(),
+        },
+        reason: "jwt",
     }
 }
 
@@ -374,11 +406,33 @@ security:
             assert_eq!(answer.code(), "unauthorized");
             assert_eq!(answer.message(), message);
             let challenge = answer.header("www-authenticate").unwrap_or("");
-            assert!(
-                challenge.starts_with("Bearer ") && challenge.contains(message),
-                "{message}: challenge {challenge:?}"
-            );
+            if message == "a bearer token is required" {
+                // No credentials: a plain challenge, no error code (RFC 6750 §3.1).
+                assert_eq!(challenge, "Bearer");
+            } else {
+                assert!(
+                    challenge.starts_with("Bearer error=\"invalid_token\"")
+                        && challenge.contains(message),
+                    "{message}: challenge {challenge:?}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_refusal_reason_with_quotes_keeps_the_challenge_a_valid_quoted_string() {
+        let failure = invalid_token("unknown signing key \"k1\" (a\\b)".into());
+        let Reject::Unauthorized { challenge, message } = failure.reject else {
+            panic!("a 401");
+        };
+        assert_eq!(
+            challenge,
+            "Bearer error=\"invalid_token\", error_description=\"unknown signing key 'k1' (a/b)\""
+        );
+        assert_eq!(
+            message, "unknown signing key \"k1\" (a\\b)",
+            "the body keeps the reason"
+        );
     }
 
     #[tokio::test]

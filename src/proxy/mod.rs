@@ -150,9 +150,11 @@ impl Gateway {
             Match::NotFound => return Ok(Err(Reject::NotFound)),
         };
         ctx.route = Some(route.clone());
-        let admitted = admission::admit(self, snap, &route, ctx)
-            .and_then(|()| admission::ip_allowed(route.ip_rules.as_ref(), &ctx.client.ip, true))
-            .and_then(|()| admission::body_size(&route, req));
+        // Refusals that hold nothing come first; only then does the request
+        // take an in-flight slot (or get shed).
+        let admitted = admission::ip_allowed(route.ip_rules.as_ref(), &ctx.client.ip, true)
+            .and_then(|()| admission::body_size(&route, req))
+            .and_then(|()| admission::admit(self, snap, &route, ctx));
         if let Err(reject) = admitted {
             return Ok(Err(reject));
         }
