@@ -27,8 +27,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Read buffer per plain-HTTP downstream connection (bytes).
-const L4_READ_BUFFER: usize = 4096;
+/// Read buffer per plain-HTTP downstream connection (bytes): none. Pingora
+/// reads request heads and bodies into its own buffers, and between requests
+/// the edge loop reads the next head's first bytes itself
+/// (`proxy::edge`), so a per-connection buffer would only hold memory while
+/// the connection idles.
+const L4_READ_BUFFER: usize = 0;
 
 /// What `flexgate start` was asked to do.
 pub struct StartOptions {
@@ -367,8 +371,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     let mut plain = proxy_service(&server, &boot, &counters, gateway(false));
     for addr in &boot.listen {
         // Pingora's default 64 KiB read buffer per connection makes idle
-        // keep-alive connections expensive (2,000 of them: ~165 MB). Request
-        // heads fit in 4 KiB; larger reads bypass the buffer anyway.
+        // keep-alive connections expensive (2,000 of them: ~165 MB).
         plain.add_listener(
             ListenerConfig::tcp(addr.to_string())
                 .l4_buffer(L4BufferSettings::default().read(L4_READ_BUFFER)),
