@@ -12,6 +12,7 @@
 
 pub mod model;
 pub mod redact;
+pub mod runtime;
 pub mod secrets;
 pub mod units;
 mod validate;
@@ -484,14 +485,6 @@ pub const DEFAULT_PORT: u16 = 3000;
 /// Default admin listener: loopback only.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
 
-/// `name` in the private runtime directory (see [`crate::runtime_dir`]).
-fn default_runtime_path(name: &str) -> String {
-    crate::runtime_dir::default_dir()
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
 /// Default `admin.maxConnections`.
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 
@@ -560,11 +553,11 @@ impl BootConfig {
             upgrade_sock: p
                 .upgrade_sock
                 .clone()
-                .unwrap_or_else(|| default_runtime_path(crate::runtime_dir::UPGRADE_SOCK)),
+                .unwrap_or_else(|| runtime::default_path(runtime::UPGRADE_SOCK)),
             pid_file: p
                 .pid_file
                 .clone()
-                .unwrap_or_else(|| default_runtime_path(crate::runtime_dir::PID_FILE)),
+                .unwrap_or_else(|| runtime::default_path(runtime::PID_FILE)),
             grace_period: p
                 .grace_period
                 .map_or(Duration::from_secs(30), |m| m.duration()),

@@ -11,6 +11,7 @@
 //! request path (start-up, the reload task).
 
 pub mod breaker;
+mod clock;
 pub mod router;
 pub mod upstream;
 

@@ -19,14 +19,10 @@ use pingora_load_balancing::Backend;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Milliseconds since the process started (a cheap monotonic clock for atomics).
-pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
+pub use super::clock::now_ms;
 
 /// Mutable health of one target, shared across config reloads.
 #[derive(Debug)]
