@@ -82,8 +82,9 @@ impl Resource for RouteConfig {
     }
     fn clashes_with(&self, other: &Self) -> Option<String> {
         let enabled = |r: &RouteConfig| r.enabled != Some(false);
-        let norm =
-            |m: &Vec<String>| -> Vec<String> { m.iter().map(|x| x.to_ascii_uppercase()).collect() };
+        let norm = |m: &Vec<crate::config::Written<http::Method>>| -> Vec<String> {
+            m.iter().map(|x| x.to_ascii_uppercase()).collect()
+        };
         let (a, b) = (norm(&self.methods), norm(&other.methods));
         let overlap = a.is_empty() || b.is_empty() || a.iter().any(|m| b.contains(m));
         (enabled(self)
