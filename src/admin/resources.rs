@@ -96,7 +96,7 @@ impl Resource for RouteConfig {
                 format!(
                     "route {:?} already serves path {:?}{} for these methods",
                     other.id.as_deref().unwrap_or_default(),
-                    self.path,
+                    self.path.as_deref().unwrap_or_default(),
                     self.host
                         .as_deref()
                         .map(|h| format!(" on host {h:?}"))
