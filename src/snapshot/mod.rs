@@ -829,3 +829,69 @@ pub fn compile(
         key_file: Arc::new(key_file.clone()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(yaml: &str) -> Result<Snapshot, ConfigErrors> {
+        let cfg = crate::config::parse(yaml).expect("every value parses");
+        compile(&cfg.dynamic(), &KeyFile::default(), None, 1)
+    }
+
+    #[test]
+    fn typed_values_reach_the_snapshot() {
+        let snap = compiled(
+            "upstreams:\n  - name: app\n    targets: [{url: \"http://127.0.0.1:9\"}, {url: \"http://127.0.0.2:9\"}]\n    \
+             loadBalancing: consistentHash\n    hashKey: \"header:X-User\"\n\
+             routes:\n  - path: /a/*\n    upstream: app\n    methods: [get]\n    host: \"*.Example.com\"\n    \
+             criticality: low\n    allowIps: [10.1.2.3/8]\n    \
+             requestHeaders: {add: {X-A: b}, remove: [X-B]}\n\
+             proxy:\n  trustedProxies: [192.168.0.1]\n",
+        )
+        .expect("compiles");
+        let route = snap.routes_by_id.get("route-0").expect("the route");
+        assert_eq!(route.shed_at_percent, 70);
+        assert_eq!(route.request_headers.set[0].0, "x-a");
+        assert_eq!(route.request_headers.remove[0], "x-b");
+        assert!(route
+            .ip_rules
+            .as_ref()
+            .unwrap()
+            .permits(&"10.9.9.9".parse().unwrap()));
+        assert!(matches!(
+            route.upstream.selector,
+            upstream::Selector::Consistent(_)
+        ));
+        assert_eq!(
+            route.upstream.hash_key,
+            HashKey::Header(HeaderName::from_static("x-user"))
+        );
+        assert!(snap.is_trusted(&"192.168.0.1".parse().unwrap()));
+        assert!(matches!(
+            snap.router
+                .find("a.example.com", &http::Method::HEAD, "/a/1"),
+            router::Match::Found(_)
+        ));
+    }
+
+    #[test]
+    fn what_validation_would_refuse_is_an_error_not_a_skip() {
+        let err = compiled(
+            "upstreams:\n  - name: app\n    url: \"http://127.0.0.1:9\"\n\
+             routes:\n  - path: /a\n    upstream: nowhere\n  - upstream: app\n\
+             rateLimit:\n  perRoute:\n    - max: 1\n",
+        )
+        .err()
+        .expect("refused");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].upstream",
+                "routes[1].path",
+                "rateLimit.perRoute[0].path"
+            ]
+        );
+    }
+}
