@@ -5,6 +5,8 @@ tools (nginx, wrk, valgrind, oha) and builds the release binary first.
 One run, one machine, one upstream (nginx, 1 worker, small static 200):
   direct      wrk → upstream                          (the ceiling)
   nginx       wrk → nginx reverse proxy → upstream    (a) the baseline
+  bare        wrk → bare Pingora proxy → upstream     the Pingora floor: one ProxyHttp with
+              only upstream_peer (bench/bare.rs, built as the `bare` example)
   fg-min      wrk → FlexGate minimal → upstream       (b)
   fg-full     wrk → FlexGate full chain → upstream    (c)
   fg-redis    (d) full chain, the rate limit decided in Redis (127.0.0.1:6379;
@@ -16,8 +18,8 @@ One run, one machine, one upstream (nginx, 1 worker, small static 200):
 Phases: start (fresh idle RSS) → warm-up → interleaved rounds (order rotated
 each round), unpinned then pinned (wrk on CPU 0, servers on CPU 1) → fixed
 rate latency (oha; unpinned unless --rate-pinned) → RSS with N idle keep-alive connections →
-instructions per request under callgrind (two request counts subtracted)
-→ report. Everything listens on 127.0.0.1 only; every process started here
+instructions per request under callgrind (two request counts subtracted),
+split into phases (PHASES below) → report. Everything listens on 127.0.0.1 only; every process started here
 is stopped by its pid; every phase is bounded in time.
 """
 
@@ -39,9 +41,12 @@ sys.dont_write_bytecode = True  # importing hold_conns must not leave bench/__py
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 WORK = "/tmp/flexgate-bench"  # the FlexGate bench configs put their pid/upgrade files here
-FLEXGATE = os.path.join(ROOT, "target", "release", "flexgate")
+TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")  # absolute stays absolute
+FLEXGATE = os.path.join(TARGET, "release", "flexgate")
+BARE = os.path.join(TARGET, "release", "examples", "bare")  # bench/bare.rs
 API_KEY = "bench-key-7f3a9c2e"  # its SHA-256 is in bench/flexgate-full.yaml
 UPSTREAM_PORT = 18080
+BARE_PORT = 18087
 STATUS_PORT = 18090
 README = os.path.join(BENCH, "README.md")
 MARK_START = "<!-- bench-results:start -->"
@@ -74,6 +79,7 @@ SCENARIOS = [
     Scenario("direct", "direct to upstream (ceiling)", UPSTREAM_PORT, "direct"),
     Scenario("nginx", "(a) nginx reverse proxy — baseline", 18081, "nginx",
              os.path.join(BENCH, "nginx-proxy.conf")),
+    Scenario("bare", "Pingora floor: one ProxyHttp with only upstream_peer", BARE_PORT, "bare"),
     Scenario("fg-min", "(b) FlexGate minimal", 18082, "flexgate",
              os.path.join(BENCH, "flexgate-minimal.yaml")),
     Scenario("fg-full", "(c) FlexGate full chain", 18083, "flexgate",
@@ -257,6 +263,27 @@ def start_flexgate(name, conf, port, wrapper=(), timeout=30.0):
     return s
 
 
+def start_bare(name, port, wrapper=(), timeout=30.0):
+    """bench/bare.rs: 1 thread, the Pingora settings FlexGate uses, 1 s grace period."""
+    s = Server(name, list(wrapper) + [BARE, "--listen", f"127.0.0.1:{port}",
+                                      "--upstream", f"127.0.0.1:{UPSTREAM_PORT}", "--threads", "1",
+                                      "--keepalive-requests", "1000", "--grace-period", "1"], port)
+    s.wait_ready(timeout)
+    return s
+
+
+def start_scenario(sc, wrapper=(), timeout=30.0, name=None):
+    """The server of a proxying scenario (not nginx)."""
+    name = name or sc.key
+    if sc.kind == "bare":
+        return start_bare(name, sc.port, wrapper, timeout)
+    conf = sc.config
+    if sc.database:
+        conf = os.path.join(WORK, os.path.basename(sc.config))
+        shutil.copy(sc.config, conf)  # the node's config cache is written next to its config
+    return start_flexgate(name, conf, sc.port, wrapper, timeout)
+
+
 # --------------------------------------------------------------------------
 # Measurements
 
@@ -377,32 +404,42 @@ def rounds_phase(active, args, upstream, pin):
     return results
 
 
-def ratio_summary(results, base="nginx"):
-    """Per scenario: median req/s, median of per-round ratios to the baseline, CPU."""
+def per_round_ratios(rs, base_rs, field):
+    """rs[i][field] / base_rs[i][field] for each round where both are there."""
+    return [rs[i][field] / base_rs[i][field] for i in range(min(len(rs), len(base_rs)))
+            if rs[i][field] is not None and base_rs[i][field]]
+
+
+def ratio_summary(results, bases=("nginx", "bare")):
+    """Per scenario: median req/s, CPU µs/request, and for each baseline the
+    median of the per-round ratios to it (req/s and CPU). The keys for nginx
+    are ratio/ratios/cpu_ratio, for bare ratio_bare/ratios_bare/cpu_ratio_bare."""
     out = {}
-    rounds = len(results[base])
     for key, rs in results.items():
-        ratios = [rs[i]["rps"] / results[base][i]["rps"] for i in range(rounds)
-                  if results[base][i]["rps"] > 0]
         cpu = [r["proxy_cpu_us"] for r in rs if r["proxy_cpu_us"] is not None]
-        cpu_ratios = [rs[i]["proxy_cpu_us"] / results[base][i]["proxy_cpu_us"] for i in range(rounds)
-                      if rs[i]["proxy_cpu_us"] is not None and results[base][i]["proxy_cpu_us"]]
         acc = sum(r["up_accepts"] for r in rs)
         req = sum(r["up_requests"] for r in rs)
-        out[key] = {
-            "rps": statistics.median(r["rps"] for r in rs),
-            "ratio": statistics.median(ratios) if ratios else None,
-            "ratios": ratios,
+        out[key] = {"rps": statistics.median(r["rps"] for r in rs)}
+        for base in bases:
+            if base not in results:
+                continue
+            sfx = "" if base == "nginx" else f"_{base}"
+            ratios = per_round_ratios(rs, results[base], "rps")
+            cpu_ratios = per_round_ratios(rs, results[base], "proxy_cpu_us")
+            out[key][f"ratio{sfx}"] = statistics.median(ratios) if ratios else None
+            out[key][f"ratios{sfx}"] = ratios
+            out[key][f"cpu_ratio{sfx}"] = statistics.median(cpu_ratios) if cpu_ratios else None
+            out[key][f"cpu_ratios{sfx}"] = cpu_ratios
+        out[key].update({
             "p50_ms": statistics.median(r["p50_ms"] for r in rs),
             "p99_ms": statistics.median(r["p99_ms"] for r in rs),
             "cpu_us": statistics.median(cpu) if cpu else None,
-            "cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else None,
             "upstream_cpu_us": statistics.median(r["upstream_cpu_us"] for r in rs),
             "up_accepts": acc,
             "up_requests": req,
             "reuse": (1 - acc / req) if req > 0 else None,
             "errors": sum(r["non2xx"] + r["socket_errors"] for r in rs),
-        }
+        })
     return out
 
 
@@ -529,6 +566,361 @@ def drive_count(port, n, headers, conns=4, timeout=600.0):
     return sum(ok)
 
 
+# --------------------------------------------------------------------------
+# Per-phase instruction budget (callgrind)
+#
+# Every instruction of a dump is attributed to one phase by the functions on
+# its call stack. A phase is a list of function-name patterns (regular
+# expressions searched in callgrind's demangled names; the first phase whose
+# pattern matches a function owns it) and a level. An instruction belongs to
+# the phase of highest level on its stack; between phases of the same level,
+# the innermost function wins. So the allocator (level 5) is taken out of
+# every phase; the request phases (level 4) are taken out of Pingora's
+# per-request glue (3), which is taken out of the connection loop (2), which
+# is taken out of the tokio runtime (1); what is under no pattern at all is
+# "other". The phases therefore add up to the total exactly.
+#
+# callgrind keeps caller → callee edges, not whole stacks: a function reached
+# from several phases is split among them in proportion to the inclusive cost
+# of each incoming call (gprof's assumption). Leaf functions (memcpy, the
+# allocator's internals) are exact, since callgrind records the cost of each
+# call edge; so are functions called from one phase only.
+#
+# Phases are per request, differenced between the two dumps exactly like the
+# instructions per request: (phase₂ − phase₁) / (R₂ − R₁).
+
+_APP = r"ProxyHttp>?::"  # a ProxyHttp method: FlexGate's (<Gateway as …ProxyHttp>::m) or Pingora's default (…ProxyHttp::m)
+_CALL_SITE_UPSTREAM_WRITE = r"(HttpProxy<SV,C>::proxy_to_upstream|::proxy_1to1)::\{\{closure\}\}$"
+_POLL_FN = r"^<core::future::poll_fn::PollFn<F> as core::future::future::Future>::poll"
+
+PHASES = [
+    # (key, label, level, patterns). A pattern is
+    # - a regex on a function's name: the function and what it calls belong
+    #   to the phase (the first phase with a matching pattern owns a function);
+    # - (caller, callee) regexes: the callee when called from that caller;
+    # - ("inlined", function, file) regexes: the code of that source file that
+    #   the compiler inlined into the function, and what that code calls.
+    # The last two are for code the compiler inlined into a shared parent in
+    # one binary and not in the other (the bare proxy inlines Pingora's
+    # write_request_header into proxy_to_upstream and read_response into the
+    # select! of proxy_handle_upstream; FlexGate's build keeps them apart).
+    ("conn_loop", "connection loop around each request (FlexGate's EdgeApp / Pingora's ServerApp loop)", 2, [
+        r"^<?flexgate::proxy::edge::",
+        r"<T as pingora_core::apps::ServerApp>::process_new", r"^<?pingora_core::apps::",
+        r"^<?pingora_core::services::listening::", r"^<?pingora_core::listeners::",
+        r"^pingora_core::protocols::http::v1::server::HttpSession::new$",
+        r"^pingora_core::protocols::http::server::Session::new_http1",
+    ]),
+    ("read_head", "reading and parsing the request head", 4, [
+        r"pingora_core::protocols::http::v1::server::HttpSession::read_request",
+        r"pingora_core::protocols::http::server::Session::read_request",
+        r"pingora_proxy::HttpProxy<SV,C>::handle_new_request",
+        r"^httparse::Request::",
+    ]),
+    ("request_filter", "request_filter (with early_request_filter, request_body_filter)", 4, [
+        _APP + r"(early_request_filter|request_filter|request_body_filter)(::|$)",
+    ]),
+    ("upstream_peer", "upstream_peer (with connected_to_upstream)", 4, [
+        _APP + r"(upstream_peer|connected_to_upstream)(::|$)",
+    ]),
+    ("pool", "upstream connection pool: get and put (with the idle watch task)", 4, [
+        r"^<?pingora_core::connectors::", r"^<?pingora_pool::",
+    ]),
+    ("upstream_write", "upstream_request_filter + writing the upstream request", 4, [
+        _APP + r"upstream_request_filter(::|$)",
+        r"^pingora_proxy::proxy_common::(sanitize_h1_upstream_request|reconcile_upstream_authority|"
+        r"set_h1_host_from_authority)", r"^pingora_core::protocols::http::authority::",
+        r"^<pingora_http::RequestHeader as core::clone::Clone>::clone$",
+        r"^pingora_core::protocols::http::v1::client::HttpSession::(new|init_req_body_writer|"
+        r"write_request_header|write_body|finish_body)",
+        r"^pingora_core::protocols::http::client::HttpSession::(write_request_header|write_request_body|"
+        r"finish_request_body)",
+        (_CALL_SITE_UPSTREAM_WRITE, r"WriteAll<W>|AsyncWrite>::poll_(write|flush)$"),
+        ("inlined", _CALL_SITE_UPSTREAM_WRITE, r"/protocols/http/v1/client\.rs$|/proxy_common\.rs$"),
+    ]),
+    ("upstream_read", "reading the upstream response + response_filter", 4, [
+        _APP + r"(upstream_response_filter|response_filter|upstream_response_body_filter|"
+        r"response_body_filter)(::|$)",
+        r"::h1_response_filter(::|$)", r"::proxy_handle_upstream(::|$)",
+        r"^pingora_core::protocols::http::v1::client::", r"^pingora_core::protocols::http::client::",
+        r"^httparse::Response::", r"^<pingora_http::ResponseHeader as core::clone::Clone>::clone$",
+        (_POLL_FN, r"^pingora_http::(append_header_value|normalize_field_value)$|ReadBuf<R,B>|^httparse::"),
+        ("inlined", _POLL_FN, r"/protocols/http/v1/client\.rs$"),
+    ]),
+    ("write_down", "writing the response downstream", 4, [
+        r"::write_response_tasks(::|$)", r"::downstream_response_task_filter(::|$)",
+        r"^pingora_core::protocols::http::v1::server::HttpSession::(write_|response_duplex|finish_body|"
+        r"prepare_response_header)",
+        r"^pingora_core::protocols::http::server::Session::(write_|response_duplex|finish_body)",
+        r"^pingora_core::protocols::http::v1::body::BodyWriter::",
+    ]),
+    ("logging", "logging (FlexGate: access log, metrics)", 4, [
+        _APP + r"logging(::|$)",
+    ]),
+    ("glue", "Pingora's per-request glue (process_new_http, process_request, proxy_to_upstream, finish)", 3, [
+        r"^<?pingora_proxy::", r"^<?pingora_core::protocols::http::",
+    ]),
+    ("background", "background services (time-driven; inflated under callgrind)", 2, [
+        r"^<?flexgate::(reload|health|jwt::jwks|admin|live|history|store|limit::redis)",
+        r"pingora_core::services::background::",
+    ]),
+    ("runtime", "tokio runtime / scheduling (scheduler, task harness, I/O and timer drivers)", 1, [
+        r"^<?tokio::runtime::", r"^<?mio::", r"^epoll_wait$", r"^<?pingora_runtime::",
+    ]),
+    ("alloc", "allocator (mimalloc: malloc, free, realloc)", 5, [
+        r"^_?mi_", r"^__rust_(alloc|dealloc|realloc|alloc_zeroed)$", r"^<mimalloc::MiMalloc as ",
+        r"^(malloc|free|realloc|calloc|_int_malloc|_int_free|malloc_consolidate)$",
+    ]),
+]
+PHASE_OTHER = ("other", "other (under none of the patterns above)")
+
+
+def _compile_phases():
+    """[(key, level, function regex or None, [(caller, callee) regexes], [(function, file) regexes])]."""
+    out = []
+    for key, _, level, pats in PHASES:
+        names = [p for p in pats if isinstance(p, str)]
+        edges = [(re.compile(p[0]), re.compile(p[1])) for p in pats if isinstance(p, tuple) and len(p) == 2]
+        inlined = [(re.compile(p[1]), re.compile(p[2])) for p in pats if isinstance(p, tuple) and len(p) == 3]
+        out.append((key, level, re.compile("|".join(f"(?:{p})" for p in names)) if names else None, edges, inlined))
+    return out
+
+
+class CallgrindProfile:
+    """One callgrind dump: self cost per function and inclusive cost per call
+    edge, each also by the source file of the code (the file of inlined code
+    where the compiler inlined). Functions are merged by name across objects;
+    callgrind's recursion levels (f'2: f called while f is on the stack) stay
+    apart, so that inclusive costs do not count nested calls twice."""
+
+    def __init__(self, path):
+        self.self_cost, self.edges = {}, {}
+        self.self_at, self.edges_at = {}, {}  # keyed (fn, file) and (fn, file, callee)
+        names, files = {}, {}
+        fn = cfn = fl = cur = None
+        in_call = False
+        total = None
+
+        def name_of(rest, table):
+            rest = rest.strip()
+            if rest.startswith("("):
+                i = rest.index(")")
+                ident, nm = rest[1:i], rest[i + 1:].strip()
+                if nm:
+                    table[ident] = nm
+                return table.get(ident, ident)
+            return rest
+
+        with open(path, errors="replace") as f:
+            for line in f:
+                c = line[:1]
+                if c.isdigit() or c in "+-*":
+                    parts = line.split()
+                    cost = int(parts[1]) if len(parts) > 1 else 0
+                    if in_call:
+                        in_call = False
+                        if cfn != fn:
+                            self.edges[(fn, cfn)] = self.edges.get((fn, cfn), 0) + cost
+                            k = (fn, cur, cfn)
+                            self.edges_at[k] = self.edges_at.get(k, 0) + cost
+                    else:
+                        self.self_cost[fn] = self.self_cost.get(fn, 0) + cost
+                        k = (fn, cur)
+                        self.self_at[k] = self.self_at.get(k, 0) + cost
+                elif line.startswith("fn="):
+                    fn = name_of(line[3:], names)
+                    cur = fl
+                elif line.startswith("fl="):
+                    fl = cur = name_of(line[3:], files)
+                elif line.startswith(("fi=", "fe=")):
+                    cur = name_of(line[3:], files)
+                elif line.startswith("cfn="):
+                    cfn = name_of(line[4:], names)
+                elif line.startswith(("cfi=", "cfl=")):
+                    name_of(line[4:], files)
+                elif line.startswith("calls="):
+                    in_call = True
+                elif line.startswith(("summary:", "totals:")):
+                    total = int(line.split()[1])
+        self.total = total if total is not None else sum(self.self_cost.values())
+
+    def by_function(self):
+        """({name: self cost}, {name: inclusive cost}), recursion levels folded
+        into their function: self costs add up, the inclusive cost is the
+        outermost level's (it contains the nested ones)."""
+        incl = dict(self.self_cost)
+        for (caller, _), cost in self.edges.items():
+            incl[caller] = incl.get(caller, 0) + cost
+        self_m, incl_m = {}, {}
+        for f in set(incl) | set(b for _, b in self.edges):
+            base = re.sub(r"'\d+$", "", f)
+            self_m[base] = self_m.get(base, 0) + self.self_cost.get(f, 0)
+            if f == base:
+                incl_m[base] = incl.get(f, 0)
+            elif base not in incl:  # only nested levels in this dump
+                incl_m[base] = max(incl_m.get(base, 0), incl.get(f, 0))
+        return self_m, incl_m
+
+    def phases(self):
+        """{phase key: instructions}, adding up to the dump's total. Also sets
+        self.attribution: {function: {phase: share of its self cost}}."""
+        compiled = _compile_phases()
+        levels = {k: lv for k, lv, _, _, _ in compiled}
+        levels[PHASE_OTHER[0]] = 0
+        funcs = set(self.self_cost)
+        for a, b in self.edges:
+            funcs.add(a)
+            funcs.add(b)
+        root_of = {}
+        for f in funcs:
+            for k, _, rx, _, _ in compiled:
+                if rx is not None and rx.search(f):
+                    root_of[f] = k
+                    break
+        edge_root = {}
+        for a, b in self.edges:
+            for k, _, _, rules, _ in compiled:
+                if any(ra.search(a) and rb.search(b) for ra, rb in rules):
+                    edge_root[(a, b)] = k
+                    break
+        file_root = {}  # (fn, file) → phase: code inlined from that file into fn
+        for a, fl in set(self.self_at) | set((a, fl) for a, fl, _ in self.edges_at):
+            for k, _, _, _, inl in compiled:
+                if fl and any(rf.search(a) and rs.search(fl) for rf, rs in inl):
+                    file_root[(a, fl)] = k
+                    break
+
+        def claim(k, dist):
+            """The context below a root of phase k entered in context dist."""
+            if k is None:
+                return dist
+            res = {}
+            for q, x in dist.items():
+                t = q if levels[q] > levels[k] else k
+                res[t] = res.get(t, 0.0) + x
+            return res
+
+        callers = {}
+        for (a, fl, b), w in self.edges_at.items():
+            if w > 0:
+                callers.setdefault(b, []).append((a, fl, w))
+        callees = {}
+        for (a, b), w in self.edges.items():
+            if w > 0:
+                callees.setdefault(a, []).append(b)
+        other = {PHASE_OTHER[0]: 1.0}
+        outd = {f: claim(root_of.get(f), other) for f in funcs}
+        # Callers before callees (reverse post-order of a depth-first walk):
+        # one sweep settles an acyclic graph; more sweeps settle recursion
+        # through several functions.
+        seen, post = set(), []
+        for root in sorted(funcs, key=lambda f: (f in callers, f)):
+            if root in seen:
+                continue
+            seen.add(root)
+            stack = [(root, iter(callees.get(root, ())))]
+            while stack:
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    post.append(node)
+                    stack.pop()
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, iter(callees.get(nxt, ()))))
+        order = post[::-1]
+        for _ in range(100):
+            changed = 0.0
+            for f in order:
+                ins = callers.get(f)
+                if not ins:
+                    d = other
+                else:
+                    tot = float(sum(w for _, _, w in ins))
+                    d = {}
+                    for a, fl, w in ins:
+                        ctx = claim(file_root.get((a, fl)), outd[a])
+                        ctx = claim(edge_root.get((a, f)), ctx)
+                        for q, x in ctx.items():
+                            d[q] = d.get(q, 0.0) + x * w / tot
+                o = claim(root_of.get(f), d)
+                old = outd[f]
+                changed = max(changed, sum(abs(o.get(q, 0.0) - old.get(q, 0.0)) for q in set(o) | set(old)))
+                outd[f] = o
+            if changed < 1e-9:
+                break
+        res, attribution = {}, {}
+        for (f, fl), cost in self.self_at.items():
+            for q, x in claim(file_root.get((f, fl)), outd[f]).items():
+                res[q] = res.get(q, 0.0) + cost * x
+                attribution.setdefault(f, {})
+                attribution[f][q] = attribution[f].get(q, 0.0) + cost * x
+        # {function: {phase: share of its self cost}}
+        self.attribution = {f: {q: v / self.self_cost[f] for q, v in a.items()}
+                            for f, a in attribution.items() if self.self_cost.get(f)}
+        return res
+
+
+def phase_budget(p1, p2, requests):
+    """Per-request phase costs and per-function costs, differenced between two dumps."""
+    r1, r2 = requests
+    n = r2 - r1
+    ph1, ph2 = p1.phases(), p2.phases()
+    keys = [k for k, _, _, _ in PHASES] + [PHASE_OTHER[0]]
+    phases = {k: (ph2.get(k, 0.0) - ph1.get(k, 0.0)) / n for k in keys}
+    (s1, i1), (s2, i2) = p1.by_function(), p2.by_function()
+    funcs = set(s2) | set(i2)
+    fn_self = {f: (s2.get(f, 0) - s1.get(f, 0)) / n for f in funcs}
+    fn_incl = {f: (i2.get(f, 0) - i1.get(f, 0)) / n for f in funcs}
+    return phases, fn_self, fn_incl
+
+
+def normalise_fn(name):
+    """The same Pingora function in the bare proxy and in FlexGate (the app's type differs)."""
+    return re.sub(r"<(bare::Bare|flexgate::proxy::Gateway) as ", "<APP as ", name)
+
+
+def write_function_tables(out):
+    """profile.<key>.functions.tsv per binary and profile.diff.<key>.txt: the
+    functions whose per-request cost (exclusive, inclusive) differs most from
+    the bare proxy's."""
+    for key, c in out.items():
+        if "fn_self" not in c:
+            continue
+        with open(os.path.join(WORK, f"profile.{key}.functions.tsv"), "w") as f:
+            f.write("self_per_req\tinclusive_per_req\tfunction\n")
+            for fn in sorted(c["fn_incl"], key=lambda x: -c["fn_incl"][x]):
+                if abs(c["fn_incl"][fn]) >= 1 or abs(c["fn_self"].get(fn, 0)) >= 1:
+                    f.write(f"{c['fn_self'].get(fn, 0):.1f}\t{c['fn_incl'][fn]:.1f}\t{fn}\n")
+    base = out.get("bare")
+    if not base or "fn_self" not in base:
+        return
+    bs = {normalise_fn(k): v for k, v in base["fn_self"].items()}
+    bi = {normalise_fn(k): v for k, v in base["fn_incl"].items()}
+    for key in ("fg-min", "fg-full"):
+        c = out.get(key)
+        if not c or "fn_self" not in c:
+            continue
+        fs = {}
+        fi = {}
+        for k, v in c["fn_self"].items():
+            fs[normalise_fn(k)] = fs.get(normalise_fn(k), 0) + v
+        for k, v in c["fn_incl"].items():
+            fi[normalise_fn(k)] = fi.get(normalise_fn(k), 0) + v
+        lines = [f"{key} minus bare, instructions per request ({c['instr_per_req']:,.0f} vs "
+                 f"{base['instr_per_req']:,.0f}: {c['instr_per_req'] - base['instr_per_req']:+,.0f})", ""]
+        for title, a, b in (("exclusive (self) cost", fs, bs), ("inclusive cost", fi, bi)):
+            lines.append(f"== {title}: largest differences ({key} − bare) ==")
+            lines.append(f"{'delta':>10} {key:>10} {'bare':>10}  function")
+            names = set(a) | set(b)
+            for nm in sorted(names, key=lambda x: -abs(a.get(x, 0) - b.get(x, 0)))[:80]:
+                lines.append(f"{a.get(nm, 0) - b.get(nm, 0):>+10,.0f} {a.get(nm, 0):>10,.0f} "
+                             f"{b.get(nm, 0):>10,.0f}  {nm}")
+            lines.append("")
+        with open(os.path.join(WORK, f"profile.diff.{key}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
 def callgrind_total(path):
     with open(path, errors="replace") as f:
         for line in f:
@@ -537,16 +929,21 @@ def callgrind_total(path):
     return None
 
 
-def callgrind_phase(args, upstream):
+CALLGRIND_KEYS = ("nginx", "bare", "fg-min", "fg-full")
+
+
+def callgrind_phase(args, upstream, active):
     """Instructions per request: one process under callgrind, counters zeroed
     after a warm-up, then two request counts N1 < N2 each in its own dump;
-    (Ir2 - Ir1) / (R2 - R1) removes per-interval fixed costs."""
+    (Ir2 - Ir1) / (R2 - R1) removes per-interval fixed costs. For the bare
+    proxy and FlexGate, the same difference per phase (PHASES) and per function."""
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         log("callgrind skipped: valgrind not installed")
         return None
     n1, n2 = args.cg_requests
     out = {}
-    for sc in [s for s in SCENARIOS if s.key in ("nginx", "fg-min", "fg-full")]:
+    keys = {sc.key for sc in active}
+    for sc in [s for s in SCENARIOS if s.key in CALLGRIND_KEYS and s.key in keys]:
         cgout = os.path.join(WORK, f"callgrind.{sc.key}.out")
         for old in os.listdir(WORK):
             if old.startswith(f"callgrind.{sc.key}.out"):
@@ -559,7 +956,7 @@ def callgrind_phase(args, upstream):
                                                   "daemon off; master_process off;"], sc.port)
             server.wait_ready(120)
         else:
-            server = start_flexgate(f"cg-{sc.key}", sc.config, sc.port, wrapper=vg, timeout=120)
+            server = start_scenario(sc, wrapper=vg, timeout=120, name=f"cg-{sc.key}")
         pid = str(server.proc.pid)
         try:
             def drive(n):
@@ -595,14 +992,31 @@ def callgrind_phase(args, upstream):
                        "profile": os.path.join(WORK, dumps[-1])}
         log(f"callgrind {sc.key:8s} {per:,.0f} instructions/request "
             f"({r1} and {r2} requests: {ir1:,} and {ir2:,} Ir)")
-    # Top functions of the full chain's larger dump, for the profile.
-    if "fg-full" in out and shutil.which("callgrind_annotate"):
-        for mode in ("exclusive", "inclusive"):
-            p = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if mode == 'inclusive' else 'no'}",
-                                out["fg-full"]["profile"]], capture_output=True, text=True, timeout=300)
-            with open(os.path.join(WORK, f"profile.fg-full.{mode}.txt"), "w") as f:
-                f.write(p.stdout)
-        log(f"profile of the full chain: {WORK}/profile.fg-full.{{exclusive,inclusive}}.txt")
+        if sc.kind in ("bare", "flexgate"):
+            t0 = time.monotonic()
+            phases, fn_self, fn_incl = phase_budget(CallgrindProfile(os.path.join(WORK, dumps[-2])),
+                                                    CallgrindProfile(os.path.join(WORK, dumps[-1])), (r1, r2))
+            out[sc.key].update(phases=phases, fn_self=fn_self, fn_incl=fn_incl)
+            log(f"callgrind {sc.key:8s} phases ({time.monotonic() - t0:.0f} s): "
+                + ", ".join(f"{k} {v:,.0f}" for k, v in phases.items()))
+    # Top functions of each larger dump, for the profile.
+    if shutil.which("callgrind_annotate"):
+        for key in ("bare", "fg-min", "fg-full"):
+            if key not in out:
+                continue
+            for mode in ("exclusive", "inclusive"):
+                p = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if mode == 'inclusive' else 'no'}",
+                                    out[key]["profile"]], capture_output=True, text=True, timeout=300)
+                with open(os.path.join(WORK, f"profile.{key}.{mode}.txt"), "w") as f:
+                    f.write(p.stdout)
+        log(f"profiles: {WORK}/profile.{{bare,fg-min,fg-full}}.{{exclusive,inclusive}}.txt")
+    write_function_tables(out)
+    log(f"per-function costs per request: {WORK}/profile.*.functions.tsv, "
+        f"{WORK}/profile.diff.{{fg-min,fg-full}}.txt")
+    # The per-function tables are in the files above, not in results.json.
+    for c in out.values():
+        c.pop("fn_self", None)
+        c.pop("fn_incl", None)
     return out
 
 
@@ -614,8 +1028,35 @@ def fmt(v, spec, dash="—"):
     return dash if v is None else format(v, spec)
 
 
+def times(v, spec):
+    """A ratio as 0.950×, or — when not measured."""
+    return "—" if v is None else format(v, spec) + "×"
+
+
+def render_phases(cg):
+    """The per-phase instruction budget table (bare / minimal / full chain)."""
+    cols = [k for k in ("bare", "fg-min", "fg-full") if cg.get(k, {}).get("phases")]
+    if not cols:
+        return []
+    names = {"bare": "bare", "fg-min": "FlexGate minimal", "fg-full": "FlexGate full chain"}
+    diffs = [k for k in cols if k != "bare" and "bare" in cols]
+    lines = ["| Phase (instructions per request) | " + " | ".join(names[k] for k in cols)
+             + "".join(f" | {names[k]} − bare" for k in diffs) + " |",
+             "|---|" + "---:|" * (len(cols) + len(diffs))]
+    labels = [(k, label) for k, label, _, _ in PHASES] + [PHASE_OTHER]
+    for key, label in labels:
+        vals = [cg[k]["phases"].get(key, 0.0) for k in cols]
+        dv = [cg[k]["phases"].get(key, 0.0) - cg["bare"]["phases"].get(key, 0.0) for k in diffs]
+        lines.append(f"| {label} | " + " | ".join(f"{v:,.0f}" for v in vals)
+                     + "".join(f" | {d:+,.0f}" for d in dv) + " |")
+    tot = [sum(cg[k]["phases"].values()) for k in cols]
+    dtot = [sum(cg[k]["phases"].values()) - sum(cg["bare"]["phases"].values()) for k in diffs]
+    lines.append("| **total** (= instructions/request) | " + " | ".join(f"**{v:,.0f}**" for v in tot)
+                 + "".join(f" | **{d:+,.0f}**" for d in dtot) + " |")
+    return lines
+
+
 def render(args, data):
-    S = {sc.key: sc for sc in SCENARIOS}
     un, pn = data.get("unpinned") or {}, data.get("pinned") or {}
     fr, mem, idle, cg = data.get("fixed") or {}, data.get("memory") or {}, data["idle_rss"], data.get("callgrind") or {}
     lines = []
@@ -623,31 +1064,46 @@ def render(args, data):
                  f"`{data['command']}` · {args.rounds} rounds × {args.duration} s, wrk -t1 -c{args.conns}"
                  f" · {data['commit']}")
     lines.append("")
-    lines.append("| Scenario | req/s (median) | × nginx (median of rounds) | pinned req/s | pinned × nginx "
-                 "| proxy CPU µs/req | CPU × nginx | pinned CPU µs/req | wrk p50 / p99 ms |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("Ratios are medians of per-round ratios (× nginx: to the nginx proxy; × bare: to the bare "
+                 "Pingora proxy, the floor).")
+    lines.append("")
+    lines.append("| Scenario | req/s (median) | × nginx | × bare | pinned req/s | pinned × nginx | pinned × bare "
+                 "| wrk p50 / p99 ms |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for sc in SCENARIOS:
         if sc.skip:
-            lines.append(f"| {sc.label} | skipped: {sc.skip} | | | | | | | |")
+            lines.append(f"| {sc.label} | skipped: {sc.skip} | | | | | | |")
             continue
         u, p = un.get(sc.key, {}), pn.get(sc.key, {})
         lines.append(
             f"| {sc.label} | {fmt(u.get('rps'), ',.0f')} | {fmt(u.get('ratio'), '.3f')} "
-            f"| {fmt(p.get('rps'), ',.0f')} | {fmt(p.get('ratio'), '.3f')} "
-            f"| {fmt(u.get('cpu_us'), '.1f')} | {fmt(u.get('cpu_ratio'), '.2f')} "
-            f"| {fmt(p.get('cpu_us'), '.1f')} "
+            f"| {fmt(u.get('ratio_bare'), '.3f')} "
+            f"| {fmt(p.get('rps'), ',.0f')} | {fmt(p.get('ratio'), '.3f')} | {fmt(p.get('ratio_bare'), '.3f')} "
             f"| {fmt(u.get('p50_ms'), '.2f')} / {fmt(u.get('p99_ms'), '.2f')}"
             + (f" ({u['errors']:,} errors)" if u.get("errors") else "") + " |")
     lines.append("")
-    rate_tool = data.get("rate_tool") or "oha"
-    lines.append(f"| Scenario | p50 / p99 at {args.rate:,} req/s (ms) | Δ p50 / Δ p99 vs direct (ms) "
-                 f"| RSS idle (MB) | RSS with {args.hold_conns:,} conns (MB) | upstream reuse "
-                 "| upstream accepts / requests | instructions/req (callgrind) |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    d = fr.get("direct")
+    lines.append("| Scenario | proxy CPU µs/req | CPU × nginx | CPU × bare | pinned CPU µs/req | pinned CPU × nginx "
+                 "| pinned CPU × bare |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    for sc in SCENARIOS:
+        if sc.skip or sc.kind == "direct":
+            continue
+        u, p = un.get(sc.key, {}), pn.get(sc.key, {})
+        lines.append(
+            f"| {sc.label} | {fmt(u.get('cpu_us'), '.1f')} | {fmt(u.get('cpu_ratio'), '.2f')} "
+            f"| {fmt(u.get('cpu_ratio_bare'), '.2f')} | {fmt(p.get('cpu_us'), '.1f')} "
+            f"| {fmt(p.get('cpu_ratio'), '.2f')} | {fmt(p.get('cpu_ratio_bare'), '.2f')} |")
+    lines.append("")
+    mode = "pinned" if args.rate_pinned else "unpinned"
+    lines.append(f"| Scenario | p50 / p99 at {args.rate:,} req/s, {mode} (ms) | Δ p50 / Δ p99 vs direct (ms) "
+                 f"| Δ p50 vs bare (ms) | RSS idle (MB) | RSS with {args.hold_conns:,} conns (MB) | upstream reuse "
+                 "| upstream accepts / requests | instructions/req (callgrind) | instructions × bare |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    d, fb = fr.get("direct"), fr.get("bare")
+    cb = cg.get("bare")
     for sc in SCENARIOS:
         if sc.skip:
-            lines.append(f"| {sc.label} | skipped | | | | | | |")
+            lines.append(f"| {sc.label} | skipped | | | | | | | | |")
             continue
         f = fr.get(sc.key)
         lat = f"{f['p50_ms']:.3f} / {f['p99_ms']:.3f}" if f else "—"
@@ -657,36 +1113,59 @@ def render(args, data):
             lat += f" ({f['non2xx']:,} non-2xx)"
         delta = (f"{f['p50_ms'] - d['p50_ms']:+.3f} / {f['p99_ms'] - d['p99_ms']:+.3f}"
                  if f and d and sc.key != "direct" else "—")
+        dbare = f"{f['p50_ms'] - fb['p50_ms']:+.3f}" if f and fb and sc.key not in ("direct", "bare") else "—"
         u = un.get(sc.key, {})
         reuse = f"{u['reuse'] * 100:.2f} %" if u.get("reuse") is not None and sc.key != "direct" else "—"
         acc = f"{u.get('up_accepts', 0):,} / {u.get('up_requests', 0):,}" if u else "—"
         m = mem.get(sc.key)
         c = cg.get(sc.key)
-        lines.append(f"| {sc.label} | {lat} | {delta} | {fmt(idle.get(sc.key), '.1f')} "
+        xbare = (f"{c['instr_per_req'] / cb['instr_per_req']:.2f}" if c and cb and sc.key != "bare" else "—")
+        lines.append(f"| {sc.label} | {lat} | {delta} | {dbare} | {fmt(idle.get(sc.key), '.1f')} "
                      f"| {fmt(m and m['rss_kb'] / 1024, '.1f')} | {reuse} | {acc} "
-                     f"| {fmt(c and c['instr_per_req'], ',.0f')} |")
+                     f"| {fmt(c and c['instr_per_req'], ',.0f')} | {xbare} |")
     lines.append("")
-    # Targets from issue 7.
+    ph = render_phases(cg)
+    if ph:
+        lines.append("Per-phase instruction budget (callgrind, per request; phases defined by PHASES in "
+                     "bench/harness.py, see bench/README.md):")
+        lines.append("")
+        lines += ph
+        lines.append("")
     t = []
 
     def target(name, value, goal, ok):
         t.append(f"| {name} | {goal} | {value} | {'met' if ok else ('not met' if ok is not None else 'n/a')} |")
 
-    mn, fl, ng = un.get("fg-min", {}), un.get("fg-full", {}), un.get("nginx", {})
-    target("FlexGate minimal vs nginx proxy, throughput", fmt(mn.get("ratio"), ".3f") + "×", "≥ 0.95×",
-           None if mn.get("ratio") is None else mn["ratio"] >= 0.95)
-    target("Full chain vs nginx proxy, throughput", fmt(fl.get("ratio"), ".3f") + "×", "≥ 0.85×",
-           None if fl.get("ratio") is None else fl["ratio"] >= 0.85)
-    target("Full chain CPU µs per request vs nginx",
-           f"{fmt(fl.get('cpu_ratio'), '.2f')}× ({fmt(fl.get('cpu_us'), '.1f')} vs {fmt(ng.get('cpu_us'), '.1f')} µs)",
-           "≤ 1.3×", None if fl.get("cpu_ratio") is None else fl["cpu_ratio"] <= 1.3)
-    ff, fn = fr.get("fg-full"), fr.get("nginx")
-    target(f"p99 at a fixed {args.rate:,} req/s, full chain",
-           f"{ff['p99_ms']:.3f} ms vs nginx {fn['p99_ms']:.3f} ms" if ff and fn else "—",
-           "≤ nginx p99 + 0.3 ms", None if not (ff and fn) else ff["p99_ms"] <= fn["p99_ms"] + 0.3)
+    for label, summ in (("unpinned", un), ("pinned", pn)):
+        mn, fl, br = summ.get("fg-min", {}), summ.get("fg-full", {}), summ.get("bare", {})
+        r = mn.get("ratio_bare")
+        target(f"FlexGate minimal ÷ bare, throughput ({label})", times(r, ".3f"), "≥ 0.95×",
+               None if r is None else r >= 0.95)
+        r = mn.get("cpu_ratio_bare")
+        target(f"FlexGate minimal ÷ bare, proxy CPU µs per request ({label})",
+               "—" if r is None else
+               f"{r:.2f}× ({fmt(mn.get('cpu_us'), '.1f')} vs {fmt(br.get('cpu_us'), '.1f')} µs)",
+               "≤ 1.08×", None if r is None else r <= 1.08)
+        r = fl.get("ratio_bare")
+        target(f"Full chain ÷ bare, throughput ({label})", times(r, ".3f"), "≥ 0.90×",
+               None if r is None else r >= 0.90)
     worst = max((mem[k]["rss_kb"] for k in ("fg-min", "fg-full") if k in mem), default=None)
-    target(f"Memory with {args.hold_conns:,} connections (FlexGate, worst of b/c)",
-           fmt(worst and worst / 1024, ".1f") + " MB", "≤ 40 MB", None if worst is None else worst <= 40 * 1024)
+    target(f"RSS with {args.hold_conns:,} idle keep-alive connections (FlexGate, worst of minimal and full chain)",
+           fmt(worst and worst / 1024, ".1f", "—") + ("" if worst is None else " MB")
+           + (f" (bare {mem['bare']['rss_kb'] / 1024:.1f} MB)" if "bare" in mem else ""),
+           "≤ 40 MB", None if worst is None else worst <= 40 * 1024)
+    worst_idle = max((idle[k] for k in ("fg-min", "fg-full") if k in idle), default=None)
+    target("RSS idle (FlexGate, worst of minimal and full chain)",
+           fmt(worst_idle, ".1f") + ("" if worst_idle is None else " MB")
+           + (f" (bare {idle['bare']:.1f} MB)" if "bare" in idle else ""),
+           "≤ 25 MB", None if worst_idle is None else worst_idle <= 25)
+    fm, ff = fr.get("fg-min"), fr.get("fg-full")
+    got = [f for f in (fm, ff) if f]
+    target(f"p50 at a fixed {args.rate:,} req/s, {mode} (FlexGate, worst of minimal and full chain)",
+           ", ".join(f"{name} {f['p50_ms']:.3f} ms"
+                     for name, f in (("minimal", fm), ("full chain", ff), ("bare", fb)) if f) or "—",
+           "≤ bare p50 + 0.1 ms",
+           None if not (got and fb) else max(f["p50_ms"] for f in got) <= fb["p50_ms"] + 0.1)
     reuses = [un[k]["reuse"] for k in ("fg-min", "fg-full") if k in un and un[k].get("reuse") is not None]
     target("Upstream connection reuse (FlexGate, worst of b/c)",
            f"{min(reuses) * 100:.2f} %" if reuses else "—", "≥ 99 %",
@@ -694,10 +1173,10 @@ def render(args, data):
     po, pw = un.get("fg-pg-off", {}), un.get("fg-pg", {})
     hist_ratios = [w / o for w, o in zip(pw.get("ratios") or [], po.get("ratios") or []) if o]
     hist_ratio = statistics.median(hist_ratios) if hist_ratios else None
-    target("Request history on ÷ off, throughput (e), median of rounds",
-           fmt(hist_ratio, ".3f") + "×" + (f" (rounds: {', '.join(f'{r:.3f}' for r in hist_ratios)})"
-                                           if hist_ratios else ""),
-           "≥ 0.90×", None if hist_ratio is None else hist_ratio >= 0.90)
+    if hist_ratios:
+        target("Request history on ÷ off, throughput (e), median of rounds",
+               f"{hist_ratio:.3f}× (rounds: {', '.join(f'{r:.3f}' for r in hist_ratios)})",
+               "≥ 0.90×", hist_ratio >= 0.90)
     ppo, ppw = pn.get("fg-pg-off", {}), pn.get("fg-pg", {})
     pinned_hist = [w / o for w, o in zip(ppw.get("ratios") or [], ppo.get("ratios") or []) if o]
     if pinned_hist:
@@ -711,7 +1190,7 @@ def render(args, data):
         target("Request history rows (e): written / dropped (queue full + failed writes)",
                f"{hist.get('written_total', 0):,} / {hist.get('dropped_total', 0):,}", "0 dropped",
                hist.get("dropped_total", 0) == 0)
-    lines.append("| Target (issue 7) | Goal | Measured | |")
+    lines.append("| Target | Goal | Measured | |")
     lines.append("|---|---|---|---|")
     lines += t
     return "\n".join(lines)
@@ -734,7 +1213,8 @@ def main():
     ap.add_argument("--rate-duration", type=int, help="seconds per fixed-rate run (default 10)")
     ap.add_argument("--hold-conns", type=int, help="idle keep-alive connections held for RSS (default 2000)")
     ap.add_argument("--cg-requests", help="callgrind request counts N1,N2 (default 2000,10000)")
-    ap.add_argument("--only", help="comma-separated scenario keys (direct,nginx,fg-min,fg-full,fg-pg-off,fg-pg)")
+    ap.add_argument("--only", help="comma-separated scenario keys (direct,nginx,bare,fg-min,fg-full,fg-redis,"
+                    "fg-pg-off,fg-pg); nginx and bare, the baselines of the ratios, are always kept")
     ap.add_argument("--no-pinned", action="store_true", help="skip the pinned (taskset) rounds")
     ap.add_argument("--rate-pinned", action="store_true",
                     help="run the fixed-rate phase pinned (oha on CPU 0, servers on CPU 1); default unpinned")
@@ -743,16 +1223,22 @@ def main():
     ap.add_argument("--no-callgrind", action="store_true", help="skip instructions per request")
     ap.add_argument("--write-readme", action="store_true",
                     help="replace the results section of bench/README.md and write bench/results/latest.json")
-    ap.add_argument("--flexgate", help="FlexGate binary to measure (default target/release/flexgate; "
-                    "bench/run then skips cargo build)")
+    ap.add_argument("--flexgate", help="FlexGate binary to measure (default $CARGO_TARGET_DIR/release/flexgate, "
+                    "CARGO_TARGET_DIR defaulting to target; bench/run then does not build it)")
+    ap.add_argument("--bare", help="bare Pingora proxy to measure (default $CARGO_TARGET_DIR/release/examples/bare; "
+                    "bench/run then does not build it)")
     ap.add_argument("--oha", help="path of the oha binary (default: PATH, then ~/.cargo/bin/oha)")
     ap.add_argument("--command", default="bench/run", help=argparse.SUPPRESS)
     ap.add_argument("--skip-build", action="store_true", help="(bench/run) do not run cargo build")
     ap.add_argument("--no-install", action="store_true", help="(bench/run) do not install packages")
     args = ap.parse_args()
-    global FLEXGATE
+    global FLEXGATE, BARE
     if args.flexgate:
         FLEXGATE = os.path.abspath(args.flexgate)
+    if args.bare:
+        BARE = os.path.abspath(args.bare)
+    if not os.access(BARE, os.X_OK):
+        raise SystemExit(f"{BARE} is missing: cargo build --release --example bare (bench/run builds it)")
     q = args.quick
     args.rounds = args.rounds if args.rounds is not None else (2 if q else 5)
     args.duration = args.duration or (3 if q else 10)
@@ -765,7 +1251,7 @@ def main():
     cpus = os.cpu_count() or 1
     active = [sc for sc in SCENARIOS if not sc.skip]
     if args.only:
-        keep = set(args.only.split(",")) | {"nginx"}  # ratios need the baseline
+        keep = set(args.only.split(",")) | {"nginx", "bare"}  # ratios need the baselines
         active = [sc for sc in active if sc.key in keep]
     for sc in active:
         if sc.database:
@@ -785,9 +1271,9 @@ def main():
     except OSError:
         raise SystemExit(f"another bench run holds {WORK}/.lock")
     for f in os.listdir(WORK):
-        if f.endswith((".out", ".log", ".pid", ".sock", ".txt")) or f.startswith("callgrind."):
+        if f.endswith((".out", ".log", ".pid", ".sock", ".txt", ".tsv")) or f.startswith("callgrind."):
             os.remove(os.path.join(WORK, f))
-    busy = [p for p in (UPSTREAM_PORT, STATUS_PORT, 18081, 18082, 18083, 18084, 18085, 18086, 18194,
+    busy = [p for p in (UPSTREAM_PORT, STATUS_PORT, 18081, 18082, 18083, 18084, 18085, 18086, BARE_PORT, 18194,
                         18195, 18196)
             if not port_free(p)]
     if busy:
@@ -803,7 +1289,8 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     data = {"started": time.strftime("%Y-%m-%d %H:%M %Z"), "host": socket.gethostname(), "cpus": cpus,
-            "command": args.command, "flexgate": FLEXGATE, "args": {k: v for k, v in vars(args).items()}}
+            "command": args.command, "flexgate": FLEXGATE, "bare": BARE,
+            "args": {k: v for k, v in vars(args).items()}}
     try:  # what is measured: the binary's own version line (commit, profile)
         data["commit"] = subprocess.run([FLEXGATE, "version"], capture_output=True, text=True,
                                         timeout=10).stdout.strip() or "?"
@@ -816,12 +1303,8 @@ def main():
         for sc in active:
             if sc.kind == "nginx":
                 sc.server = start_nginx("nginx-proxy", sc.config, sc.port)
-            elif sc.kind == "flexgate" and sc.database:
-                conf = os.path.join(WORK, os.path.basename(sc.config))
-                shutil.copy(sc.config, conf)  # the node's config cache is written next to its config
-                sc.server = start_flexgate(sc.key, conf, sc.port)
-            elif sc.kind == "flexgate":
-                sc.server = start_flexgate(sc.key, sc.config, sc.port)
+            elif sc.kind in ("flexgate", "bare"):
+                sc.server = start_scenario(sc)
             if sc.server:
                 servers.append(sc.server)
         time.sleep(1.0)
@@ -863,9 +1346,9 @@ def main():
         if not args.no_callgrind:
             for sc in active:
                 if sc.server:
-                    sc.server.stop(signal.SIGINT if sc.kind == "flexgate" else signal.SIGTERM)
+                    sc.server.stop(signal.SIGTERM if sc.kind == "nginx" else signal.SIGINT)
                     sc.server = None
-            data["callgrind"] = callgrind_phase(args, upstream)
+            data["callgrind"] = callgrind_phase(args, upstream, active)
     finally:
         stop_all()
         lock.close()

@@ -148,6 +148,43 @@ pub fn emit(kind: Event, data: serde_json::Value) {
     }));
 }
 
+/// A lock-free cap on how many events of one kind are emitted per second,
+/// for events a client can trigger at will (failed authentications, 5xx):
+/// a flood becomes a trickle on the bus, in the log, on NATS and in
+/// webhooks, and the next event that passes says how many were left out.
+pub struct Gate {
+    per_second: u64,
+    second: AtomicU64,
+    sent: AtomicU64,
+    left_out: AtomicU64,
+}
+
+impl Gate {
+    pub const fn new(per_second: u64) -> Gate {
+        Gate {
+            per_second,
+            second: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            left_out: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(left_out)` when an event may be emitted now (with the number
+    /// left out since the last one that passed), `None` when this second's
+    /// allowance is used up. `now_secs` is the current Unix second.
+    pub fn pass(&self, now_secs: u64) -> Option<u64> {
+        if self.second.swap(now_secs, Ordering::Relaxed) != now_secs {
+            self.sent.store(0, Ordering::Relaxed);
+        }
+        if self.sent.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            Some(self.left_out.swap(0, Ordering::Relaxed))
+        } else {
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +202,20 @@ mod tests {
             Err(broadcast::error::TryRecvError::Lagged(_))
         ));
         assert_eq!(rx.try_recv().unwrap().kind, Event::RequestError);
+    }
+
+    #[test]
+    fn a_gate_lets_a_few_through_per_second_and_counts_the_rest() {
+        let gate = Gate::new(3);
+        let passed: Vec<_> = (0..10).map(|_| gate.pass(100)).collect();
+        assert_eq!(&passed[..3], &[Some(0), Some(0), Some(0)]);
+        assert!(passed[3..].iter().all(Option::is_none));
+        assert_eq!(
+            gate.pass(101),
+            Some(7),
+            "the next second reports what was left out"
+        );
+        assert_eq!(gate.pass(101), Some(0));
     }
 
     #[test]

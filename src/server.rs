@@ -13,7 +13,7 @@ use crate::history::maintenance::HistoryMaintenance;
 use crate::history::writer::HistoryWriter;
 use crate::limit::redis::{RedisLimiter, RedisLimiterService};
 use crate::proxy::edge::{ConnCounters, EdgeApp};
-use crate::proxy::{Gateway, ProxyStats};
+use crate::proxy::Gateway;
 use crate::reload::{ConfigHandle, ReloadService};
 use crate::store::postgres::PgStore;
 use crate::store::{sync, State, Store, StoreError, Versioned};
@@ -303,7 +303,8 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     }
     server.bootstrap();
 
-    let stats = Arc::new(ProxyStats::default());
+    // Requests in flight over both listeners (the global shedding cap).
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // The Redis URL is a boot setting: read once at start.
     let redis_ca = file
         .rate_limit
@@ -359,9 +360,9 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     let gateway = |tls: bool| Gateway {
         config: handle.clone(),
         redis: redis.clone(),
-        stats: stats.clone(),
         tls,
         history: history.clone(),
+        in_flight: in_flight.clone(),
     };
     let mut plain = proxy_service(&server, &boot, &counters, gateway(false));
     for addr in &boot.listen {
@@ -425,7 +426,6 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     });
     let admin_state = crate::admin::AdminState {
         config: handle.clone(),
-        stats: stats.clone(),
         token: boot.admin_token.as_deref().map(Arc::from),
         token_weak: crate::config::admin_token_warning(&file).map(Arc::from),
         // The admin listener is plain TCP (loopback by default).

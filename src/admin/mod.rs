@@ -40,7 +40,6 @@ pub mod serve;
 pub mod session;
 pub mod write;
 
-use crate::proxy::ProxyStats;
 use crate::reload::ConfigHandle;
 use crate::store::Store;
 use api::ApiError;
@@ -63,7 +62,6 @@ pub type OnCommit = Arc<dyn Fn(u64) + Send + Sync>;
 #[derive(Clone)]
 pub struct AdminState {
     pub config: Arc<ConfigHandle>,
-    pub stats: Arc<ProxyStats>,
     pub token: Option<Arc<str>>,
     /// Why the configured token cannot be used (too short, empty): the
     /// admin API then stays disabled.
@@ -96,7 +94,6 @@ impl AdminState {
         Ok(AdminState {
             store: crate::store::embedded::FileStore::for_handle(&handle, &file),
             config: handle,
-            stats: Arc::default(),
             token: boot.admin_token.as_deref().map(Arc::from),
             token_weak: crate::config::admin_token_warning(&file).map(Arc::from),
             listener_tls: false,

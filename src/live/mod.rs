@@ -123,8 +123,8 @@ struct Slot {
 
 struct Shard {
     overall: Track,
-    routes: HashMap<Arc<str>, Track>,
-    upstreams: HashMap<Arc<str>, Track>,
+    routes: Tracks,
+    upstreams: Tracks,
     status: Box<[u64; STATUS_CODES]>,
     series: [Slot; SERIES_SLOTS],
 }
@@ -133,8 +133,8 @@ impl Shard {
     fn new() -> Shard {
         Shard {
             overall: Track::new(),
-            routes: HashMap::new(),
-            upstreams: HashMap::new(),
+            routes: Tracks::default(),
+            upstreams: Tracks::default(),
             status: Box::new([0; STATUS_CODES]),
             series: [Slot {
                 tag: u64::MAX,
@@ -144,7 +144,33 @@ impl Shard {
     }
 }
 
-fn track_of<'a>(map: &'a mut HashMap<Arc<str>, Track>, key: &Arc<str>) -> &'a mut Track {
+/// FNV-1a: route and upstream names are short and chosen by the operator,
+/// not by clients, so a fast non-keyed hash is safe here (this lookup runs
+/// on every request).
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// Tracks by route or upstream name.
+type Tracks = HashMap<Arc<str>, Track, std::hash::BuildHasherDefault<Fnv>>;
+
+fn track_of<'a>(map: &'a mut Tracks, key: &Arc<str>) -> &'a mut Track {
     if !map.contains_key(&**key) {
         let key = if map.len() >= MAX_KEYS {
             Arc::from(OTHER)

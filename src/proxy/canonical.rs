@@ -38,12 +38,71 @@
 //! escape, `\` as `/`, dropping `;` parameters, merging slashes, resolving
 //! dot segments), it reaches the route the gateway chose.
 
+use super::ctx::RequestCtx;
+use super::respond::Reject;
 pub use crate::config::model::{
     EscapedSlashesMode as EscapedSlashes, PathParametersMode as PathParameters,
 };
 pub use crate::snapshot::PathPolicy;
-use http::Method;
+use http::{header, HeaderValue, Method};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
 use std::borrow::Cow;
+
+/// What [`apply`] did with the request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The head now carries the canonical target: route it.
+    Routed,
+    /// `OPTIONS *`: for the gateway to answer.
+    Asterisk,
+}
+
+/// Rewrites the request head to its canonical target (and `Host` to an
+/// absolute-form target's authority). Runs once, before anything reads the
+/// path.
+pub fn apply(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    policy: &PathPolicy,
+) -> Result<Applied, Reject> {
+    let req = session.req_header();
+    let (rewritten, authority) = match canonicalise(req.raw_path(), &req.method, policy) {
+        Ok(Target::Path {
+            rewritten,
+            authority,
+            match_path,
+        }) => {
+            ctx.match_path = match_path;
+            (rewritten, authority.map(HeaderValue::from_str))
+        }
+        Ok(Target::Asterisk) => return Ok(Applied::Asterisk),
+        Err(why) => return Err(Reject::BadRequest(why.0.into())),
+    };
+    let req = session.req_header_mut();
+    if let Some(Ok(authority)) = authority {
+        req.insert_header(header::HOST, authority)
+            .map_err(|_| Reject::BadRequest("invalid request target".into()))?;
+    }
+    if let Some(target) = rewritten {
+        req.set_raw_path(target.as_bytes())
+            .map_err(|_| Reject::BadRequest("invalid request target".into()))?;
+    }
+    Ok(Applied::Routed)
+}
+
+/// The host routes match: from `Host`, or the target's authority for
+/// HTTP/1.0 without one. An HTTP/1.1 request needs a `Host`.
+pub fn request_host(req: &RequestHeader) -> Result<Cow<'_, str>, Reject> {
+    let host = match req.headers.get(header::HOST) {
+        Some(h) => route_host(h.as_bytes()),
+        None if req.version == http::Version::HTTP_11 => {
+            Err(Refusal("an HTTP/1.1 request needs a Host header"))
+        }
+        None => Ok(Cow::Borrowed(req.uri.authority().map_or("", |a| a.host()))),
+    };
+    host.map_err(|why| Reject::BadRequest(why.0.into()))
+}
 
 /// Why a target was refused (the 400's message).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,135 +5,74 @@
 //! Pure functions over headers: no I/O, unit-tested here, black-box tested in
 //! `tests/hygiene.rs`.
 
+use super::respond::{Reject, ALLOWED_METHODS};
 use crate::snapshot::{EdgeLimits, Snapshot};
 use http::header::{self, HeaderName, HeaderValue};
 use http::Method;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
-/// A request refused before routing.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Reject {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: &'static str,
-    /// The connection cannot be reused (framing is unknown).
-    pub close: bool,
-}
-
-const fn reject(status: u16, code: &'static str, message: &'static str, close: bool) -> Reject {
-    Reject {
-        status,
-        code,
-        message,
-        close,
-    }
-}
-
 /// Checks framing, sizes and header syntax. `None` = acceptable.
 pub fn check_request(req: &RequestHeader, limits: &EdgeLimits, via_name: &str) -> Option<Reject> {
     if req.method == Method::CONNECT {
-        return Some(reject(
-            405,
-            "method_not_allowed",
-            "CONNECT is not supported",
-            true,
-        ));
+        return Some(Reject::MethodNotAllowed {
+            method: Method::CONNECT,
+            allow: ALLOWED_METHODS.into(),
+        });
     }
     let uri_len = req
         .uri
         .path_and_query()
         .map_or(req.uri.path().len(), |p| p.as_str().len());
     if uri_len > limits.max_uri_bytes {
-        return Some(reject(
-            414,
-            "uri_too_long",
-            "request target is too long",
-            true,
-        ));
+        return Some(Reject::UriTooLong);
     }
     let headers = &req.headers;
     if headers.len() > limits.max_headers {
-        return Some(reject(
-            431,
-            "header_fields_too_large",
-            "too many request header fields",
-            true,
-        ));
+        return Some(Reject::HeadersTooLarge("too many request header fields"));
     }
     let mut total = 0usize;
     for (name, value) in headers.iter() {
         total += name.as_str().len() + value.len() + 4;
         if name.as_str().contains('_') {
-            return Some(reject(
-                400,
-                "bad_request",
-                "header names with '_' are not accepted",
-                true,
-            ));
+            return Some(Reject::Malformed("header names with '_' are not accepted"));
         }
     }
     if total > limits.max_header_bytes {
-        return Some(reject(
-            431,
-            "header_fields_too_large",
-            "request headers are too large",
-            true,
-        ));
+        return Some(Reject::HeadersTooLarge("request headers are too large"));
     }
     if headers.get_all(header::HOST).iter().count() > 1 {
-        return Some(reject(400, "bad_request", "duplicate Host header", true));
+        return Some(Reject::Malformed("duplicate Host header"));
     }
     let te_count = headers.get_all(header::TRANSFER_ENCODING).iter().count();
     let cl_values: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
     if te_count > 0 && !cl_values.is_empty() {
-        return Some(reject(
-            400,
-            "bad_request",
+        return Some(Reject::Malformed(
             "Content-Length and Transfer-Encoding together",
-            true,
         ));
     }
     if te_count > 1 {
-        return Some(reject(
-            400,
-            "bad_request",
-            "more than one Transfer-Encoding header",
-            true,
-        ));
+        return Some(Reject::Malformed("more than one Transfer-Encoding header"));
     }
     if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
         if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Some(reject(
-                501,
-                "not_implemented",
+            return Some(Reject::NotImplemented(
                 "only Transfer-Encoding: chunked is supported",
-                true,
             ));
         }
     }
     if cl_values.len() > 1 {
-        return Some(reject(
-            400,
-            "bad_request",
-            "more than one Content-Length header",
-            true,
-        ));
+        return Some(Reject::Malformed("more than one Content-Length header"));
     }
     if let Some(cl) = cl_values.first() {
         let b = cl.as_bytes();
         if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
-            return Some(reject(400, "bad_request", "malformed Content-Length", true));
+            return Some(Reject::Malformed("malformed Content-Length"));
         }
     }
     for via in headers.get_all(header::VIA) {
         if via_contains(via.as_bytes(), via_name.as_bytes()) {
-            return Some(reject(
-                508,
-                "loop_detected",
-                "request already passed through this gateway",
-                true,
-            ));
+            return Some(Reject::LoopDetected);
         }
     }
     None
@@ -254,7 +193,16 @@ impl HeaderEdit for pingora_http::ResponseHeader {
 /// Removes hop-by-hop headers (and those listed in `Connection`). `TE` is
 /// kept only as `trailers`; `Upgrade`/`Connection: upgrade` only when
 /// `keep_upgrade` (a WebSocket route with an upgrade request, or a 101).
-pub fn strip_hop_by_hop<H: HeaderEdit>(head: &mut H, keep_upgrade: bool) {
+///
+/// `connection_replaced`: the head is a response Pingora writes to the
+/// client, and Pingora sets `Connection` itself there; a `Connection`
+/// header that lists nothing but `keep-alive`/`close` is then left for it
+/// to replace (the common upstream response costs no removal).
+pub fn strip_hop_by_hop<H: HeaderEdit>(
+    head: &mut H,
+    keep_upgrade: bool,
+    connection_replaced: bool,
+) {
     let headers = head.header_map();
     // One pass over the (few) names finds which hop-by-hop headers are
     // present, instead of a hash lookup per hop-by-hop name.
@@ -268,13 +216,24 @@ pub fn strip_hop_by_hop<H: HeaderEdit>(head: &mut H, keep_upgrade: bool) {
             concerned = true;
         }
     }
-    if !concerned {
+    let only_plain_connection = || {
+        present[1..].iter().all(|p| !p)
+            && !headers.contains_key(header::TE)
+            && !headers.contains_key(header::UPGRADE)
+            && headers.get_all(header::CONNECTION).iter().all(|v| {
+                v.as_bytes().split(|b| *b == b',').all(|t| {
+                    let t = t.trim_ascii();
+                    t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+                })
+            })
+    };
+    if !concerned || (connection_replaced && !keep_upgrade && only_plain_connection()) {
         if keep_upgrade {
             head.set(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         return;
     }
-    let has_connection = headers.contains_key(header::CONNECTION);
+    let has_connection = present[0];
     // Only names actually present are collected (`Connection: keep-alive`
     // or `close` then costs no allocation).
     let listed: Vec<HeaderName> = if has_connection {
@@ -349,27 +308,24 @@ mod tests {
     #[test]
     fn framing_rules() {
         let l = limits();
-        assert_eq!(
-            check_request(&req(&[("content-length", "5")]), &l, "fg"),
-            None
-        );
+        assert!(check_request(&req(&[("content-length", "5")]), &l, "fg").is_none());
         for bad in ["+5", "-0", "5, 5", " 5", "0x5", ""] {
             let r = check_request(&req(&[("content-length", bad)]), &l, "fg");
-            assert_eq!(r.map(|r| r.status), Some(400), "{bad:?}");
+            assert_eq!(r.map(|r| r.status()), Some(400), "{bad:?}");
         }
         let both = req(&[("content-length", "5"), ("transfer-encoding", "chunked")]);
-        assert_eq!(check_request(&both, &l, "fg").unwrap().status, 400);
+        assert_eq!(check_request(&both, &l, "fg").unwrap().status(), 400);
         let gzip = req(&[("transfer-encoding", "gzip, chunked")]);
-        assert_eq!(check_request(&gzip, &l, "fg").unwrap().status, 501);
+        assert_eq!(check_request(&gzip, &l, "fg").unwrap().status(), 501);
         let twice = req(&[
             ("transfer-encoding", "chunked"),
             ("transfer-encoding", "chunked"),
         ]);
-        assert_eq!(check_request(&twice, &l, "fg").unwrap().status, 400);
+        assert_eq!(check_request(&twice, &l, "fg").unwrap().status(), 400);
         let underscore = req(&[("x_user", "a")]);
-        assert_eq!(check_request(&underscore, &l, "fg").unwrap().status, 400);
+        assert_eq!(check_request(&underscore, &l, "fg").unwrap().status(), 400);
         let hosts = req(&[("host", "a"), ("host", "b")]);
-        assert_eq!(check_request(&hosts, &l, "fg").unwrap().status, 400);
+        assert_eq!(check_request(&hosts, &l, "fg").unwrap().status(), 400);
     }
 
     #[test]
@@ -378,17 +334,17 @@ mod tests {
         let many: Vec<(String, String)> =
             (0..11).map(|i| (format!("x-h{i}"), "v".into())).collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        assert_eq!(check_request(&req(&many), &l, "fg").unwrap().status, 431);
+        assert_eq!(check_request(&req(&many), &l, "fg").unwrap().status(), 431);
         let big = "v".repeat(2000);
         assert_eq!(
             check_request(&req(&[("x-big", &big)]), &l, "fg")
                 .unwrap()
-                .status,
+                .status(),
             431
         );
         let long =
             RequestHeader::build("GET", format!("/{}", "a".repeat(100)).as_bytes(), None).unwrap();
-        assert_eq!(check_request(&long, &l, "fg").unwrap().status, 414);
+        assert_eq!(check_request(&long, &l, "fg").unwrap().status(), 414);
     }
 
     #[test]
@@ -406,8 +362,8 @@ mod tests {
     fn via_loop() {
         let l = limits();
         let r = req(&[("via", "1.1 edge-a, 1.1 fg-node1")]);
-        assert_eq!(check_request(&r, &l, "fg-node1").unwrap().status, 508);
-        assert_eq!(check_request(&r, &l, "fg-node2"), None);
+        assert_eq!(check_request(&r, &l, "fg-node1").unwrap().status(), 508);
+        assert!(check_request(&r, &l, "fg-node2").is_none());
     }
 
     #[test]
@@ -421,7 +377,7 @@ mod tests {
             ("proxy-authorization", "Basic x"),
             ("x-keep", "1"),
         ]);
-        strip_hop_by_hop(&mut r, false);
+        strip_hop_by_hop(&mut r, false, false);
         let names: Vec<&str> = r.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-keep"]);
         let mut ws = req(&[
@@ -429,10 +385,29 @@ mod tests {
             ("upgrade", "websocket"),
             ("te", "trailers"),
         ]);
-        strip_hop_by_hop(&mut ws, true);
+        strip_hop_by_hop(&mut ws, true, false);
         assert_eq!(ws.headers.get("upgrade").unwrap(), "websocket");
         assert_eq!(ws.headers.get("connection").unwrap(), "upgrade");
         assert_eq!(ws.headers.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn a_plain_connection_header_is_left_for_pingora_to_replace_on_responses() {
+        let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("connection", "keep-alive").unwrap();
+        resp.insert_header("x-keep", "1").unwrap();
+        strip_hop_by_hop(&mut resp, false, true);
+        assert!(resp.headers.contains_key("connection"));
+        // A listed header is still removed, and Connection with it.
+        resp.insert_header("connection", "keep-alive, x-keep")
+            .unwrap();
+        strip_hop_by_hop(&mut resp, false, true);
+        assert!(!resp.headers.contains_key("x-keep"));
+        assert!(!resp.headers.contains_key("connection"));
+        // Requests: always removed (a client's `close` must not reach the pool).
+        let mut r = req(&[("connection", "close")]);
+        strip_hop_by_hop(&mut r, false, false);
+        assert!(!r.headers.contains_key("connection"));
     }
 
     #[test]
