@@ -77,8 +77,8 @@ fn bench(c: &mut Criterion) {
     let es_settings = JwtSection {
         public_keys: vec![flexgate::config::JwtPublicKey {
             kid: None,
-            algorithm: "ES256".into(),
-            pem,
+            algorithm: Some(flexgate::config::KeyAlgorithm::Es256),
+            pem: Some(pem.parse().unwrap()),
         }],
         ..Default::default()
     };

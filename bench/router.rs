@@ -19,7 +19,7 @@ fn table(n: usize) -> Router<usize> {
         };
         let rule = RouteRule {
             pattern: PathPattern::parse(&path).unwrap(),
-            host: host.map(HostPattern::parse),
+            host: host.map(|h| HostPattern::parse(h).unwrap()),
             methods: MethodSet::from_names(methods),
             priority: 0,
         };

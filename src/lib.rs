@@ -1,7 +1,8 @@
 //! FlexGate: an edge API gateway on Pingora.
 //!
 //! Parts (one module each):
-//! - [`config`] — the YAML model, parsing and validation (every error with its path);
+//! - [`config`] — the YAML model with typed values, parsed once, and its
+//!   validation (every error with its path);
 //! - [`snapshot`] — compiles config into the immutable request-time view
 //!   (route table, upstream runtimes, key index);
 //! - [`reload`] — the single writer of the live snapshot (SIGHUP, file change);

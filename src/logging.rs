@@ -21,11 +21,11 @@ static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter
 /// In daemon mode the process forks after this point and a writer thread
 /// would not survive the fork, so lines are written directly instead.
 pub fn init(cfg: &LoggingSection, daemon: bool) -> Option<WorkerGuard> {
-    let level = cfg.level.clone().unwrap_or_else(|| "info".into());
+    let level = cfg.level.map_or("info", |l| l.as_str());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{level},pingora_core=warn,pingora_proxy=warn"))
     });
-    let text = cfg.format.as_deref() == Some("text");
+    let text = cfg.format == Some(crate::config::LogFormat::Text);
     if daemon {
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)

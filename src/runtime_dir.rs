@@ -10,42 +10,14 @@
 //! created with mode 0700 when missing. `flexgate start` refuses either path
 //! (defaults or explicit) when its directory is writable by its group or by
 //! other users, or belongs to another user.
+//!
+//! The defaults themselves are config knowledge (`config::runtime`); this
+//! module checks and creates directories at start.
 
+use crate::config::runtime::{default_dir, euid};
 use crate::config::BootConfig;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-/// File name of the default `proxy.upgradeSock` in [`default_dir`].
-pub const UPGRADE_SOCK: &str = "upgrade.sock";
-/// File name of the default `proxy.pidFile` in [`default_dir`].
-pub const PID_FILE: &str = "flexgate.pid";
-
-fn absolute_env(name: &str) -> Option<PathBuf> {
-    let value = std::env::var_os(name)?;
-    let first = match value.to_str() {
-        // systemd separates several RuntimeDirectory= entries with ':'.
-        Some(s) => PathBuf::from(s.split(':').next().unwrap_or_default()),
-        None => PathBuf::from(value),
-    };
-    first.is_absolute().then_some(first)
-}
-
-/// The effective uid of this process.
-pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// The directory of the default upgrade socket and pid file.
-pub fn default_dir() -> PathBuf {
-    if let Some(dir) = absolute_env("RUNTIME_DIRECTORY") {
-        return dir;
-    }
-    if let Some(dir) = absolute_env("XDG_RUNTIME_DIR") {
-        return dir.join("flexgate");
-    }
-    PathBuf::from(format!("/tmp/flexgate-{}", euid()))
-}
 
 /// The directory a socket or file path lives in (`.` for a bare name).
 fn parent(path: &Path) -> PathBuf {

@@ -322,7 +322,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
                 .and_then(|r| r.ca_file.clone())
                 .map(|f| (f, "redis.caFile"))
         });
-    let redis_url = (file.rate_limit.backend.as_deref() == Some("redis"))
+    let redis_url = (file.rate_limit.backend == Some(crate::config::RateLimitBackend::Redis))
         .then(|| {
             file.rate_limit
                 .redis

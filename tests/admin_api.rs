@@ -689,7 +689,7 @@ async fn config_export_import_round_trips_with_dry_run() {
         .source
         .routes
         .iter()
-        .any(|r| r.path == "/bee"));
+        .any(|r| r.path.as_deref() == Some("/bee")));
     let logs = get(st, "/api/logs?resource=webhook").await.json();
     assert_eq!(logs["entries"][0]["action"], "create");
 

@@ -118,7 +118,7 @@ fn all_keys(snap: &Snapshot) -> Vec<KeyView> {
                 expired: k.expires_at.is_some_and(|t| t <= now),
                 revoked: k.revoked == Some(true),
                 created_at: None,
-                usage: usage(snap, &k.key),
+                usage: usage(snap, k.key.as_deref().unwrap_or_default()),
             });
         }
     }

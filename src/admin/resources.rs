@@ -82,8 +82,9 @@ impl Resource for RouteConfig {
     }
     fn clashes_with(&self, other: &Self) -> Option<String> {
         let enabled = |r: &RouteConfig| r.enabled != Some(false);
-        let norm =
-            |m: &Vec<String>| -> Vec<String> { m.iter().map(|x| x.to_ascii_uppercase()).collect() };
+        let norm = |m: &Vec<crate::config::Written<http::Method>>| -> Vec<String> {
+            m.iter().map(|x| x.to_ascii_uppercase()).collect()
+        };
         let (a, b) = (norm(&self.methods), norm(&other.methods));
         let overlap = a.is_empty() || b.is_empty() || a.iter().any(|m| b.contains(m));
         (enabled(self)
@@ -95,7 +96,7 @@ impl Resource for RouteConfig {
                 format!(
                     "route {:?} already serves path {:?}{} for these methods",
                     other.id.as_deref().unwrap_or_default(),
-                    self.path,
+                    self.path.as_deref().unwrap_or_default(),
                     self.host
                         .as_deref()
                         .map(|h| format!(" on host {h:?}"))

@@ -5,20 +5,34 @@
 //! process) and the dynamic part (upstreams, routes, security, limits, logging)
 //! that `snapshot::compile` turns into the immutable request-time snapshot.
 //!
-//! Errors: a syntax or type error stops parsing (serde can go no further) and
-//! is reported with its path; otherwise *every* unknown key and *every*
-//! semantic problem is reported at once, each as `path: message`.
+//! Values are parsed into their types once, when the text is read
+//! ([`text`]): validation and the snapshot compiler read the typed values,
+//! never the strings again.
+//!
+//! Errors: a YAML syntax error stops reading and is reported with its
+//! position; otherwise *every* unknown key, *every* value that does not
+//! parse and *every* semantic problem is reported at once, each as
+//! `path: message` (a bad value with its line and column in a file).
 //! Nothing here touches the network or the request path.
 
+pub mod credentials;
 pub mod model;
+pub mod pattern;
+mod reader;
 pub mod redact;
+pub mod runtime;
 pub mod secrets;
+pub mod ssrf;
+pub mod text;
 pub mod units;
+pub mod upstream;
 mod validate;
 pub mod yaml_guard;
-pub use validate::{
-    host_allowed, parse_cidr, parse_target_url, SsrfPolicy, TargetUrl, METADATA_BLOCK,
-};
+pub use credentials::{JwtAlgorithm, KeyAlgorithm, KeyDigest, KeyKind, PublicKeyPem};
+pub use pattern::{HostPattern, PathPattern};
+pub use ssrf::{host_allowed, SsrfPolicy, METADATA_BLOCK};
+pub use text::{Cidr, FromText, Token, Written};
+pub use upstream::{parse_target_url, HashKey, ProbePath, TargetUrl, UpstreamRef};
 
 pub use model::*;
 use std::fmt;
@@ -92,9 +106,10 @@ pub fn base_dir(config_path: &Path) -> std::path::PathBuf {
 }
 
 /// Parses the text of a config file, resolving `${NAME}` from the
-/// environment and `…File` fields from `base` (not validated).
+/// environment and `…File` fields from `base`. `Ok`: not validated yet;
+/// `Err`: every problem, as [`parse`] reports them.
 pub fn parse_file_text(text: &str, base: &Path) -> Result<FileConfig, ConfigErrors> {
-    let mut config = if secrets::uses_interpolation(text) {
+    let mut reading = if secrets::uses_interpolation(text) {
         let mut doc: serde_yaml::Value = serde_yaml::from_str(text)
             .map_err(|e| ConfigErrors(vec![ConfigError::new("", e.to_string())]))?;
         let mut errs = Vec::new();
@@ -103,17 +118,15 @@ pub fn parse_file_text(text: &str, base: &Path) -> Result<FileConfig, ConfigErro
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
-        let text = serde_yaml::to_string(&doc).unwrap_or_default();
-        parse(&text)?
+        // Read from the expanded text: its lines are not the file's, so
+        // messages name no position.
+        reader::read(&serde_yaml::to_string(&doc).unwrap_or_default(), false)?
     } else {
-        parse(text)?
+        reader::read(text, true)?
     };
-    let errs = secrets::resolve_files(&mut config, base);
-    if errs.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errs))
-    }
+    let unreadable = secrets::resolve_files(&mut reading.config, base);
+    reading.problems.extend(unreadable);
+    reading.finish()
 }
 
 /// [`parse_file_text`] then validation: every problem with its path.
@@ -133,63 +146,13 @@ pub fn parse_and_validate(text: &str) -> Result<FileConfig, ConfigErrors> {
     parse_and_validate_at(text, Path::new("."))
 }
 
-/// Parses YAML text into the model. Unknown keys are all collected and
-/// reported together (with paths); a type error stops at the first one.
+/// Parses YAML text into the model. `Ok`: every value parsed and no key
+/// is unknown (semantic checks are [`parse_and_validate`]'s). `Err`: every
+/// unknown key and every value that does not parse, each with its path;
+/// when only values were bad, with the semantic problems of the rest (the
+/// text is wrong anyway: one answer says everything).
 pub fn parse(text: &str) -> Result<FileConfig, ConfigErrors> {
-    if text.trim().is_empty() {
-        return Ok(FileConfig::default());
-    }
-    let mut unknown: Vec<String> = Vec::new();
-    let de = serde_yaml::Deserializer::from_str(text);
-    let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
-    let ignored = serde_ignored::Deserializer::new(de, &mut on_unknown);
-    let result: Result<FileConfig, _> = serde_path_to_error::deserialize(ignored);
-    match result {
-        Ok(cfg) => {
-            if unknown.is_empty() {
-                Ok(cfg)
-            } else {
-                Err(ConfigErrors(
-                    unknown
-                        .into_iter()
-                        .map(|p| ConfigError::new(yaml_path(&p), "unknown key"))
-                        .collect(),
-                ))
-            }
-        }
-        Err(e) => {
-            let path = yaml_path(&e.path().to_string());
-            let inner = e.into_inner().to_string();
-            // serde_yaml appends " at line L column C"; keep it, it helps.
-            let path = if path == "." { String::new() } else { path };
-            Err(ConfigErrors(vec![ConfigError::new(path, inner)]))
-        }
-    }
-}
-
-/// `routes.1.upstream` / `routes[1].upstream` → `routes[1].upstream`.
-fn yaml_path(dotted: &str) -> String {
-    let mut out = String::with_capacity(dotted.len() + 4);
-    for seg in dotted.split('.') {
-        if seg.is_empty() || seg == "?" {
-            continue;
-        }
-        if seg.bytes().all(|b| b.is_ascii_digit()) {
-            out.push('[');
-            out.push_str(seg);
-            out.push(']');
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(seg);
-        }
-    }
-    if out.is_empty() {
-        ".".into()
-    } else {
-        out
-    }
+    reader::read(text, true)?.finish()
 }
 
 /// Settings fixed for the life of a process (a change needs a restart or a
@@ -243,11 +206,11 @@ pub struct ProxyDefaults {
     pub read_timeout: Option<units::Millis>,
     pub write_timeout: Option<units::Millis>,
     pub max_body_size: Option<units::ByteSize>,
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<Cidr>,
     pub max_header_bytes: Option<units::ByteSize>,
     pub max_headers: Option<usize>,
     pub max_uri_bytes: Option<units::ByteSize>,
-    pub via_name: Option<String>,
+    pub via_name: Option<Written<Token>>,
     pub health_endpoints: Option<bool>,
     pub max_in_flight: Option<usize>,
     pub paths: model::PathsSection,
@@ -370,9 +333,8 @@ pub fn clean_yaml_of(mut v: serde_json::Value) -> String {
 /// ([`secrets::restore_sources`]).
 pub fn to_file_yaml(cfg: &FileConfig, raw_text: &str, base: &Path) -> String {
     let mut out = serde_json::to_value(cfg).expect("config serialises");
-    let raw = parse(raw_text)
-        .ok()
-        .and_then(|c| serde_json::to_value(c).ok());
+    // The file as written: `${NAME}` is not a value of its field's type.
+    let raw = serde_yaml::from_str::<serde_json::Value>(raw_text).ok();
     let resolved = parse_file_text(raw_text, base)
         .ok()
         .and_then(|c| serde_json::to_value(c).ok());
@@ -481,16 +443,9 @@ pub fn key_store_path(config_path: &Path, configured: Option<&str>) -> PathBuf {
 
 /// Default proxy port (the original project's).
 pub const DEFAULT_PORT: u16 = 3000;
-/// Default admin listener: loopback only.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
-
-/// `name` in the private runtime directory (see [`crate::runtime_dir`]).
-fn default_runtime_path(name: &str) -> String {
-    crate::runtime_dir::default_dir()
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
+/// Default admin listener: loopback only (`127.0.0.1:9180`).
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9180);
 
 /// Default `admin.maxConnections`.
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -521,11 +476,7 @@ impl BootConfig {
         let l = &p.limits;
         let listen = match (port_override, &p.listen) {
             (Some(port), _) => vec![SocketAddr::from(([0, 0, 0, 0], port))],
-            (None, Some(list)) => list
-                .to_vec()
-                .iter()
-                .filter_map(|s| s.parse().ok())
-                .collect(),
+            (None, Some(list)) => list.to_vec().iter().map(|a| *a.value()).collect(),
             (None, None) => vec![SocketAddr::from((
                 [0, 0, 0, 0],
                 p.port.unwrap_or(DEFAULT_PORT),
@@ -540,10 +491,8 @@ impl BootConfig {
             admin_listen: cfg
                 .admin
                 .listen
-                .as_deref()
-                .unwrap_or(DEFAULT_ADMIN_LISTEN)
-                .parse()
-                .unwrap_or_else(|_| DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
+                .as_ref()
+                .map_or(DEFAULT_ADMIN_LISTEN, |a| *a.value()),
             admin_token: admin_token(cfg).map(|(t, _)| t),
             admin_token_source: admin_token(cfg).map_or("admin.token", |(_, s)| s),
             admin_public_endpoints: cfg.admin.public_endpoints.unwrap_or(true),
@@ -560,11 +509,11 @@ impl BootConfig {
             upgrade_sock: p
                 .upgrade_sock
                 .clone()
-                .unwrap_or_else(|| default_runtime_path(crate::runtime_dir::UPGRADE_SOCK)),
+                .unwrap_or_else(|| runtime::default_path(runtime::UPGRADE_SOCK)),
             pid_file: p
                 .pid_file
                 .clone()
-                .unwrap_or_else(|| default_runtime_path(crate::runtime_dir::PID_FILE)),
+                .unwrap_or_else(|| runtime::default_path(runtime::PID_FILE)),
             grace_period: p
                 .grace_period
                 .map_or(Duration::from_secs(30), |m| m.duration()),

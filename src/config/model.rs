@@ -3,12 +3,22 @@
 //! `proxy.yml`. Every field is documented here; the README's config reference
 //! mirrors these docs.
 //!
-//! Nothing here has behaviour: defaults live in `Default` impls and in the
-//! snapshot compiler, checks live in `validate.rs`.
+//! Every value is typed: a value that does not parse is refused when the
+//! config is read, with its path (each type parses itself: `text.rs`,
+//! `pattern.rs`, `upstream.rs`, `credentials.rs`, `units.rs`). Checks that
+//! look at more than one value live in `validate/`; defaults live in
+//! `Default` impls and in the snapshot compiler.
 
+use super::credentials::{JwtAlgorithm, KeyAlgorithm, KeyDigest, PublicKeyPem};
+use super::pattern::{HostPattern, PathPattern};
+use super::text::{keyed_map, text_enum, Cidr, Token, Written};
 use super::units::{ByteSize, Millis};
+use super::upstream::{HashKey, ProbePath, TargetUrl, UpstreamRef};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+pub use super::text::OneOrMany;
 
 /// A whole config file: boot settings (`proxy`, `admin`) plus the dynamic part.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
@@ -29,24 +39,6 @@ pub struct FileConfig {
     pub history: Option<HistorySection>,
 }
 
-/// `listen: "0.0.0.0:3000"` or `listen: ["0.0.0.0:3000", "[::]:3000"]`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    /// The listed values.
-    pub fn to_vec(&self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        }
-    }
-}
-
 /// `proxy:` — the data-plane listener and process settings (boot settings:
 /// a change needs a restart or a binary upgrade, not a reload).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
@@ -55,7 +47,8 @@ pub struct ProxySection {
     /// Port on all interfaces (original key). Default 3000. Overridden by `PORT`.
     pub port: Option<u16>,
     /// Explicit listen address(es), e.g. `"127.0.0.1:8080"`; wins over `port`.
-    pub listen: Option<OneOrMany>,
+    #[schema(value_type = Option<OneOrMany>)]
+    pub listen: Option<OneOrMany<Written<SocketAddr>>>,
     /// Worker threads of the proxy service. Default: number of CPUs.
     pub threads: Option<usize>,
     /// Default total upstream timeout (ms) for every upstream and route.
@@ -69,7 +62,8 @@ pub struct ProxySection {
     /// Default request body limit, e.g. `"10mb"`. Default 10 MiB.
     pub max_body_size: Option<ByteSize>,
     /// CIDRs of proxies whose `X-Forwarded-*` headers are trusted.
-    pub trusted_proxies: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub trusted_proxies: Vec<Cidr>,
     /// Unix socket used for the zero-downtime listener hand-off.
     pub upgrade_sock: Option<String>,
     /// Pid file of the running process.
@@ -83,7 +77,8 @@ pub struct ProxySection {
     /// Also answer `/health/live` and `/health/ready` on the proxy port. Default true.
     pub health_endpoints: Option<bool>,
     /// Name put in `Via` headers (loop detection). Default `flexgate-<hostname>`.
-    pub via_name: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub via_name: Option<Written<Token>>,
     /// Requests in flight over all routes before shedding (503). Default 10000.
     pub max_in_flight: Option<usize>,
     /// How request paths are canonicalised before routing (reloadable).
@@ -105,22 +100,24 @@ pub struct PathsSection {
     pub path_parameters: Option<PathParametersMode>,
 }
 
-/// `proxy.paths.escapedSlashes`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum EscapedSlashesMode {
-    #[default]
-    Refuse,
-    Keep,
+text_enum! {
+    /// `proxy.paths.escapedSlashes`.
+    #[derive(Default)]
+    pub enum EscapedSlashesMode {
+        #[default]
+        Refuse = "refuse",
+        Keep = "keep",
+    }
 }
 
-/// `proxy.paths.pathParameters`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum PathParametersMode {
-    #[default]
-    Refuse,
-    IgnoreForMatching,
+text_enum! {
+    /// `proxy.paths.pathParameters`.
+    #[derive(Default)]
+    pub enum PathParametersMode {
+        #[default]
+        Refuse = "refuse",
+        IgnoreForMatching = "ignoreForMatching",
+    }
 }
 
 /// `proxy.tls:` — a TLS listener with one certificate.
@@ -162,7 +159,8 @@ pub struct LimitsSection {
 #[serde(rename_all = "camelCase", default)]
 pub struct AdminSection {
     /// Listen address. Default `127.0.0.1:9180`.
-    pub listen: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub listen: Option<Written<SocketAddr>>,
     /// Bearer token for `/api/*` (at least 16 bytes; a weaker one leaves
     /// the API disabled). Overridden by `FLEXGATE_ADMIN_TOKEN`.
     pub token: Option<String>,
@@ -188,17 +186,21 @@ pub struct SecuritySection {
     pub allowed_hosts: Vec<String>,
     /// IPs/CIDRs upstreams must never resolve to (cloud metadata, private ranges).
     #[serde(rename = "blockedIPs")]
-    pub blocked_ips: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub blocked_ips: Vec<Cidr>,
     /// API-key authentication.
     pub auth: Option<AuthSection>,
     /// Client IP allow list (CIDRs); when non-empty, other clients get 403.
-    pub allow_ips: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub allow_ips: Vec<Cidr>,
     /// Client IP deny list (CIDRs) → 403.
-    pub deny_ips: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub deny_ips: Vec<Cidr>,
     /// Addresses exempted from the built-in cloud-metadata block
     /// (169.254.0.0/16, fd00:ec2::254) — only if you really proxy to them.
     #[serde(rename = "allowedIPs")]
-    pub allowed_ips: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub allowed_ips: Vec<Cidr>,
     /// JWT bearer authentication for routes with `auth: jwt`.
     pub jwt: Option<JwtSection>,
 }
@@ -212,7 +214,7 @@ pub struct JwtSection {
     /// Required `aud` (one of the token's audiences must match one of these).
     pub audience: Option<OneOrMany>,
     /// Accepted algorithms: `HS256`, `RS256`, `ES256`. Default: those the keys allow.
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<JwtAlgorithm>,
     /// Shared secret for HS256.
     pub secret: Option<String>,
     /// File holding the HS256 secret (read at load; trailing newline
@@ -227,7 +229,8 @@ pub struct JwtSection {
     /// Clock-skew leeway for `exp`/`nbf`. Default 60 s.
     pub leeway: Option<Millis>,
     /// Claims forwarded upstream as headers: `{sub: X-User-Id}`.
-    pub forward_claims: BTreeMap<String, String>,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub forward_claims: BTreeMap<String, Written<http::HeaderName>>,
 }
 
 /// One inline JWT verification key.
@@ -236,9 +239,11 @@ pub struct JwtSection {
 pub struct JwtPublicKey {
     pub kid: Option<String>,
     /// `RS256` or `ES256`.
-    pub algorithm: String,
-    /// PEM text of the public key.
-    pub pem: String,
+    #[schema(required = true)]
+    pub algorithm: Option<KeyAlgorithm>,
+    /// PEM text of the public key (an RSA key for `RS256`, EC for `ES256`).
+    #[schema(required = true, value_type = String)]
+    pub pem: Option<Written<PublicKeyPem>>,
 }
 
 /// `security.auth:`.
@@ -247,9 +252,10 @@ pub struct JwtPublicKey {
 pub struct AuthSection {
     /// `apiKey` (the only type configured here; JWT is per route).
     #[serde(rename = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<AuthType>,
     /// Header carrying the key. Default `X-API-Key`.
-    pub header: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub header: Option<Written<http::HeaderName>>,
     /// Accepted keys, each given as the lowercase hex SHA-256 of the key.
     pub keys: Vec<ApiKeyConfig>,
     /// File of generated keys (`flexgate keys create`); relative to the
@@ -262,12 +268,20 @@ pub struct AuthSection {
     pub failure_limit: Option<LimitConfig>,
 }
 
+text_enum! {
+    /// `security.auth.type`.
+    pub enum AuthType {
+        ApiKey = "apiKey",
+    }
+}
+
 /// One API key of `security.auth.keys`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ApiKeyConfig {
     /// Lowercase hex SHA-256 of the key (`flexgate keys hash KEY` prints it).
-    pub key: String,
+    #[schema(required = true, value_type = String, pattern = "^[0-9a-f]{64}$")]
+    pub key: Option<Written<KeyDigest>>,
     /// Consumer name, logged and forwarded.
     pub name: Option<String>,
     /// Stable id (default `config-<index>`).
@@ -287,7 +301,7 @@ pub struct ApiKeyConfig {
 #[serde(rename_all = "camelCase", default)]
 pub struct RateLimitSection {
     /// `memory` (default) or `redis`.
-    pub backend: Option<String>,
+    pub backend: Option<RateLimitBackend>,
     /// Redis connection for the `redis` backend.
     pub redis: Option<UrlSection>,
     /// One limit over all traffic.
@@ -301,6 +315,28 @@ pub struct RateLimitSection {
     pub ipv6_prefix: Option<u8>,
 }
 
+text_enum! {
+    /// `rateLimit.backend`.
+    pub enum RateLimitBackend {
+        Memory = "memory",
+        Redis = "redis",
+    }
+}
+
+text_enum! {
+    /// What a limit counts by (`by`).
+    #[derive(Default)]
+    pub enum LimitBy {
+        /// The client address (trusted proxies honoured; IPv6 by `rateLimit.ipv6Prefix`).
+        #[default]
+        Ip = "ip",
+        /// The API-key name (the address when anonymous).
+        Consumer = "consumer",
+        /// One bucket for everyone.
+        All = "all",
+    }
+}
+
 /// `{max, windowMs}` — at most `max` requests per window.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
@@ -312,7 +348,7 @@ pub struct LimitConfig {
     /// Admin-API spelling: `window: "60s"` (same as `windowMs`).
     pub window: Option<Millis>,
     /// What is counted: `ip` (default), `consumer` (API-key name), `all`.
-    pub by: Option<String>,
+    pub by: Option<LimitBy>,
     /// Message of the 429 body.
     pub message: Option<String>,
 }
@@ -321,12 +357,14 @@ pub struct LimitConfig {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PerRouteLimit {
-    pub path: String,
+    /// Requests whose path matches this pattern (see `routes[].path`).
+    #[schema(required = true, value_type = String, pattern = "^/")]
+    pub path: Option<Written<PathPattern>>,
     pub max: u64,
     pub window_ms: Option<Millis>,
     pub message: Option<String>,
     /// `ip` (default), `consumer`, `all`.
-    pub by: Option<String>,
+    pub by: Option<LimitBy>,
 }
 
 /// `{url}` of an external service (`database`, `redis`, `nats`).
@@ -377,14 +415,16 @@ pub struct UpstreamConfig {
     #[schema(required = true, min_length = 1)]
     pub name: String,
     /// Single target, e.g. `http://10.0.0.5:8080` or `https://api.example.com`.
-    pub url: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub url: Option<Written<TargetUrl>>,
     /// Several targets with weights (instead of `url`).
     pub targets: Vec<TargetConfig>,
     /// `roundRobin` (default; weighted when weights differ), `consistentHash`,
     /// `leastConnections` (power of two choices), `random`.
-    pub load_balancing: Option<String>,
+    pub load_balancing: Option<Balancer>,
     /// For `consistentHash`: `clientIp` (default) or `header:<Name>`.
-    pub hash_key: Option<String>,
+    #[schema(value_type = Option<String>, pattern = "^(clientIp|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$")]
+    pub hash_key: Option<Written<HashKey>>,
     /// Total time for one upstream attempt (ms).
     pub timeout: Option<Millis>,
     pub connect_timeout: Option<Millis>,
@@ -402,16 +442,48 @@ pub struct UpstreamConfig {
     /// Passive ejection after consecutive connect failures.
     pub passive: Option<PassiveConfig>,
     /// Host header sent upstream: `upstream` (default, the target's host) or `client`.
-    pub host_header: Option<String>,
+    pub host_header: Option<HostHeader>,
     /// Idle upstream keep-alive connections expire after this. Default 60 s.
     pub idle_timeout: Option<Millis>,
+}
+
+text_enum! {
+    /// How an upstream picks a target (`loadBalancing`).
+    #[derive(Default)]
+    pub enum Balancer {
+        /// Weighted when weights differ (the default).
+        #[default]
+        RoundRobin = "roundRobin",
+        /// Same as `roundRobin`.
+        Weighted = "weighted",
+        /// By `hashKey`.
+        ConsistentHash = "consistentHash",
+        /// Power of two choices over in-flight requests.
+        LeastConnections = "leastConnections",
+        /// Same as `leastConnections`.
+        P2c = "p2c",
+        Random = "random",
+    }
+}
+
+text_enum! {
+    /// The `Host` an upstream is sent (`hostHeader`).
+    #[derive(Default)]
+    pub enum HostHeader {
+        /// The target's host (the default).
+        #[default]
+        Upstream = "upstream",
+        /// The client's `Host`.
+        Client = "client",
+    }
 }
 
 /// One weighted target.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TargetConfig {
-    pub url: String,
+    #[schema(required = true, value_type = String)]
+    pub url: Option<Written<TargetUrl>>,
     /// Relative weight, default 1.
     pub weight: Option<u32>,
 }
@@ -437,7 +509,8 @@ pub struct CircuitBreakerConfig {
 pub struct HealthCheckConfig {
     pub enabled: Option<bool>,
     /// Path probed with GET. Default `/health`.
-    pub path: Option<String>,
+    #[schema(value_type = Option<String>, pattern = "^/")]
+    pub path: Option<Written<ProbePath>>,
     /// Time between probes. Default 10 s.
     pub interval: Option<Millis>,
     /// Probe timeout. Default 2 s.
@@ -458,19 +531,34 @@ pub struct PassiveConfig {
     pub eject_duration: Option<Millis>,
 }
 
-/// `auth:` of a route.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RouteAuth {
-    /// A valid API key is required.
-    Required,
-    /// A key is checked when present; requests without one pass.
-    Optional,
-    /// No authentication (default).
-    #[default]
-    None,
-    /// A valid JWT bearer token is required (`security.jwt`).
-    Jwt,
+text_enum! {
+    /// `auth:` of a route.
+    #[derive(Default)]
+    pub enum RouteAuth {
+        /// A valid API key is required.
+        Required = "required",
+        /// A key is checked when present; requests without one pass.
+        Optional = "optional",
+        /// No authentication (default).
+        #[default]
+        None = "none",
+        /// A valid JWT bearer token is required (`security.jwt`).
+        Jwt = "jwt",
+    }
+}
+
+text_enum! {
+    /// Shedding class of a route under global overload (`criticality`).
+    #[derive(Default)]
+    pub enum Criticality {
+        /// Shed first, above 70 % of `proxy.maxInFlight`.
+        Low = "low",
+        /// Shed above 90 % (the default).
+        #[default]
+        Normal = "normal",
+        /// Shed only at 100 %.
+        High = "high",
+    }
 }
 
 /// Header add/remove lists.
@@ -478,9 +566,12 @@ pub enum RouteAuth {
 #[serde(rename_all = "camelCase", default)]
 pub struct HeaderRules {
     /// Headers set (replacing any existing value).
-    pub add: BTreeMap<String, String>,
+    #[serde(deserialize_with = "keyed_map")]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub add: BTreeMap<Written<http::HeaderName>, Written<http::HeaderValue>>,
     /// Header names removed.
-    pub remove: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub remove: Vec<Written<http::HeaderName>>,
 }
 
 /// One entry of `routes:`.
@@ -493,16 +584,20 @@ pub struct RouteConfig {
     pub name: Option<String>,
     /// `/exact`, `/prefix/*` (glob: `*` matches one segment in the middle,
     /// anything at the end), or `/a/*/b`.
-    #[schema(required = true, pattern = "^/")]
-    pub path: String,
+    #[schema(required = true, value_type = String, pattern = "^/")]
+    pub path: Option<Written<PathPattern>>,
     /// Allowed methods; empty = all.
-    pub methods: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub methods: Vec<Written<http::Method>>,
     /// Host match: `api.example.com` or `*.example.com`; empty = any host.
-    pub host: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub host: Option<Written<HostPattern>>,
     /// Upstream name (or, admin-API style, a URL).
-    pub upstream: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub upstream: Option<Written<UpstreamRef>>,
     /// Admin-API alias of a URL upstream.
-    pub target_url: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub target_url: Option<Written<TargetUrl>>,
     pub auth: Option<RouteAuth>,
     /// Total upstream time for this route (ms), overriding the upstream's.
     pub timeout: Option<Millis>,
@@ -524,15 +619,17 @@ pub struct RouteConfig {
     /// Allow WebSocket upgrade through this route.
     pub websocket: Option<bool>,
     /// Client IP allow/deny for this route (CIDRs).
-    pub allow_ips: Vec<String>,
-    pub deny_ips: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub allow_ips: Vec<Cidr>,
+    #[schema(value_type = Vec<String>)]
+    pub deny_ips: Vec<Cidr>,
     /// Requests in flight on this route before 503.
     pub max_in_flight: Option<usize>,
     /// Scopes a key must carry to call this route (403 otherwise).
     pub scopes: Vec<String>,
     /// Shedding class under global overload: `low` (shed first, above 70 %
     /// of `proxy.maxInFlight`), `normal` (above 90 %, default), `high` (only at 100 %).
-    pub criticality: Option<String>,
+    pub criticality: Option<Criticality>,
 }
 
 /// `logging:`.
@@ -540,12 +637,31 @@ pub struct RouteConfig {
 #[serde(rename_all = "camelCase", default)]
 pub struct LoggingSection {
     /// `error`, `warn`, `info` (default), `debug`, `trace`.
-    pub level: Option<String>,
+    pub level: Option<LogLevel>,
     /// `json` (default) or `text`.
-    pub format: Option<String>,
+    pub format: Option<LogFormat>,
     pub sampling: Option<SamplingConfig>,
     /// Write an access log line per request. Default true.
     pub access_log: Option<bool>,
+}
+
+text_enum! {
+    /// `logging.level`.
+    pub enum LogLevel {
+        Error = "error",
+        Warn = "warn",
+        Info = "info",
+        Debug = "debug",
+        Trace = "trace",
+    }
+}
+
+text_enum! {
+    /// `logging.format`.
+    pub enum LogFormat {
+        Json = "json",
+        Text = "text",
+    }
 }
 
 /// `logging.sampling:` — fraction of requests written to the access log.

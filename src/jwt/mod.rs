@@ -12,7 +12,8 @@
 
 pub mod jwks;
 
-use crate::config::{JwtSection, OneOrMany};
+use crate::config::credentials::verification_key;
+use crate::config::{JwtAlgorithm, JwtSection, KeyAlgorithm, OneOrMany};
 use arc_swap::ArcSwap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use std::collections::HashMap;
@@ -52,40 +53,27 @@ pub struct JwtVerifier {
     pub refresh: tokio::sync::Notify,
 }
 
-fn parse_alg(s: &str) -> Option<Algorithm> {
-    match s {
-        "HS256" => Some(Algorithm::HS256),
-        "RS256" => Some(Algorithm::RS256),
-        "ES256" => Some(Algorithm::ES256),
-        _ => None,
+fn algorithm(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::Hs256 => Algorithm::HS256,
+        JwtAlgorithm::Rs256 => Algorithm::RS256,
+        JwtAlgorithm::Es256 => Algorithm::ES256,
     }
 }
 
-/// Builds decoding keys from PEM settings; errors name the entry.
+/// The inline keys by `kid` (the config parsed their PEM); errors name the entry.
 pub fn inline_keys(settings: &JwtSection) -> Result<KeySet, String> {
     let mut set = KeySet::new();
     for (i, k) in settings.public_keys.iter().enumerate() {
-        let alg = parse_alg(&k.algorithm)
-            .filter(|a| *a != Algorithm::HS256)
-            .ok_or_else(|| {
-                format!(
-                    "security.jwt.publicKeys[{i}].algorithm: {:?} is not RS256 or ES256",
-                    k.algorithm
-                )
-            })?;
-        let key = match alg {
-            Algorithm::RS256 => DecodingKey::from_rsa_pem(k.pem.as_bytes()),
-            _ => DecodingKey::from_ec_pem(k.pem.as_bytes()),
-        }
-        .map_err(|e| {
-            format!(
-                "security.jwt.publicKeys[{i}].pem: not a usable {} public key: {e}",
-                k.algorithm
-            )
-        })?;
+        let (alg, key) = verification_key(k.algorithm, k.pem.as_ref())
+            .map_err(|(field, m)| format!("security.jwt.publicKeys[{i}].{field}: {m}"))?;
+        let alg = match alg {
+            KeyAlgorithm::Rs256 => Algorithm::RS256,
+            KeyAlgorithm::Es256 => Algorithm::ES256,
+        };
         set.entry(k.kid.clone().unwrap_or_default())
             .or_default()
-            .push((alg, Arc::new(key)));
+            .push((alg, key));
     }
     Ok(set)
 }
@@ -97,11 +85,8 @@ pub struct JwtRejection(pub String);
 impl JwtVerifier {
     pub fn new(settings: &JwtSection) -> Result<JwtVerifier, String> {
         let inline = inline_keys(settings)?;
-        let mut algorithms: Vec<Algorithm> = settings
-            .algorithms
-            .iter()
-            .filter_map(|a| parse_alg(a))
-            .collect();
+        let mut algorithms: Vec<Algorithm> =
+            settings.algorithms.iter().map(|a| algorithm(*a)).collect();
         if algorithms.is_empty() {
             if settings.secret.is_some() {
                 algorithms.push(Algorithm::HS256);
@@ -113,12 +98,7 @@ impl JwtVerifier {
         let forward = settings
             .forward_claims
             .iter()
-            .filter_map(|(claim, header)| {
-                Some((
-                    claim.clone(),
-                    http::HeaderName::from_bytes(header.as_bytes()).ok()?,
-                ))
-            })
+            .map(|(claim, header)| (claim.clone(), header.value().clone()))
             .collect();
         Ok(JwtVerifier {
             secret: settings
@@ -275,7 +255,7 @@ mod tests {
             issuer: Some("https://issuer.test".into()),
             audience: Some(OneOrMany::One("api".into())),
             secret: Some("s3cret".into()),
-            forward_claims: [("sub".to_string(), "X-User-Id".to_string())]
+            forward_claims: [("sub".to_string(), "X-User-Id".parse().unwrap())]
                 .into_iter()
                 .collect(),
             ..Default::default()

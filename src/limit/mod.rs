@@ -32,24 +32,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What a limit counts by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LimitBy {
-    Ip,
-    Consumer,
-    All,
-}
-
-impl LimitBy {
-    pub fn parse(s: Option<&str>) -> Option<LimitBy> {
-        match s {
-            None | Some("ip") => Some(LimitBy::Ip),
-            Some("consumer") => Some(LimitBy::Consumer),
-            Some("all") => Some(LimitBy::All),
-            _ => None,
-        }
-    }
-}
+/// What a limit counts by (as the config writes it: `ip`, `consumer`, `all`).
+pub use crate::config::LimitBy;
 
 /// One compiled limit.
 pub struct LimitRule {

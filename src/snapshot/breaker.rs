@@ -19,7 +19,7 @@
 //! while the upstream's settings are unchanged, so a reload neither resets
 //! nor forgets an open breaker.
 
-use super::upstream::now_ms;
+use super::clock::now_ms;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 

@@ -7,35 +7,38 @@
 //! request path only reads. Target health state is carried over from the
 //! previous snapshot when an upstream keeps its name and a target its address.
 //!
+//! The config's values arrive parsed (`config::text`): nothing here reads
+//! a string of the config again, and nothing falls back to a default when
+//! a value is wrong — what compiling can still find wrong (a host that does
+//! not resolve, a route naming no upstream) is an error with its path.
+//!
 //! Compiling resolves host names (blocking DNS): callers run it off the
 //! request path (start-up, the reload task).
 
 pub mod breaker;
+mod clock;
 pub mod router;
 pub mod upstream;
 
 use crate::config::model::{EscapedSlashesMode, PathParametersMode};
-use crate::config::{LimitConfig, SsrfPolicy};
+use crate::config::{
+    Cidr, ConfigError, ConfigErrors, Criticality, DynamicConfig, HeaderRules, HostHeader, LimitBy,
+    LimitConfig, RouteAuth, SsrfPolicy, TargetUrl, UpstreamConfig, UpstreamRef, Written,
+};
 use crate::jwt::JwtVerifier;
 use crate::keys::store::KeyFile;
 use crate::keys::{from_hex, ApiKey, KeyIndex};
-use crate::limit::{LimitBy, LimitRule, LimitSet};
+use crate::limit::{LimitRule, LimitSet};
 use breaker::{Breaker, BreakerSettings};
-use std::sync::atomic::AtomicUsize;
-
-use crate::config::{parse_cidr, parse_target_url, TargetUrl};
-use crate::config::{
-    ConfigError, ConfigErrors, DynamicConfig, HeaderRules, RouteAuth, UpstreamConfig,
-};
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::health_check::HttpHealthCheck;
 use pingora_load_balancing::Backend;
-use router::{HostPattern, MethodSet, PathPattern, RouteRule, Router};
+use router::{MethodSet, RouteRule, Router};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use upstream::{build_selector, HashKey, HealthSpec, Target, TargetState, Upstream};
@@ -47,14 +50,19 @@ pub struct IpRules {
     pub deny: Vec<IpNet>,
 }
 
+/// The networks of a CIDR list.
+fn nets(list: &[Cidr]) -> Vec<IpNet> {
+    list.iter().map(|c| *c.value()).collect()
+}
+
 impl IpRules {
-    fn from_lists(allow: &[String], deny: &[String]) -> Option<IpRules> {
+    fn from_lists(allow: &[Cidr], deny: &[Cidr]) -> Option<IpRules> {
         if allow.is_empty() && deny.is_empty() {
             return None;
         }
         Some(IpRules {
-            allow: allow.iter().filter_map(|c| parse_cidr(c).ok()).collect(),
-            deny: deny.iter().filter_map(|c| parse_cidr(c).ok()).collect(),
+            allow: nets(allow),
+            deny: nets(deny),
         })
     }
 
@@ -83,18 +91,9 @@ impl HeaderOps {
             set: r
                 .add
                 .iter()
-                .filter_map(|(k, v)| {
-                    Some((
-                        HeaderName::from_bytes(k.as_bytes()).ok()?,
-                        HeaderValue::from_str(v).ok()?,
-                    ))
-                })
+                .map(|(k, v)| (k.value().clone(), v.value().clone()))
                 .collect(),
-            remove: r
-                .remove
-                .iter()
-                .filter_map(|k| HeaderName::from_bytes(k.as_bytes()).ok())
-                .collect(),
+            remove: r.remove.iter().map(|k| k.value().clone()).collect(),
         }
     }
 
@@ -258,12 +257,6 @@ pub fn default_via_name() -> String {
     format!("flexgate-{host}")
 }
 
-fn hash_of<T: serde::Serialize>(v: &T) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(v).unwrap_or_default().hash(&mut h);
-    h.finish()
-}
-
 fn resolve(t: &TargetUrl) -> Result<SocketAddr, String> {
     if let Ok(ip) = t.host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, t.port));
@@ -280,8 +273,52 @@ fn resolve(t: &TargetUrl) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("host {:?} resolved to no address", t.host))
 }
 
-fn compile_upstream(
+/// One target as the config gives it: where it is written, its URL (as
+/// written and parsed) and its weight.
+struct TargetSpec<'a> {
+    path: String,
+    text: &'a str,
+    url: &'a TargetUrl,
+    weight: u32,
+}
+
+/// The targets of a named upstream (`url`, or `targets`).
+fn target_specs<'a>(
     path: &str,
+    u: &'a UpstreamConfig,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<TargetSpec<'a>> {
+    let spec = |path: String, url: &'a Written<TargetUrl>, weight: u32| TargetSpec {
+        path,
+        text: url.as_str(),
+        url: url.value(),
+        weight,
+    };
+    match &u.url {
+        Some(url) => vec![spec(format!("{path}.url"), url, 1)],
+        None => u
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(j, t)| {
+                let tpath = format!("{path}.targets[{j}].url");
+                match &t.url {
+                    Some(url) => Some(spec(tpath, url, t.weight.unwrap_or(1))),
+                    None => {
+                        errors.push(ConfigError::new(tpath, "is required"));
+                        None
+                    }
+                }
+            })
+            .collect(),
+    }
+}
+
+/// An upstream runtime named `name` over `specs`, with the settings of
+/// `u`. `None` when no target could be used (the reasons are in `errors`).
+fn compile_upstream(
+    name: &str,
+    specs: Vec<TargetSpec<'_>>,
     u: &UpstreamConfig,
     cfg: &DynamicConfig,
     previous: Option<&Snapshot>,
@@ -289,22 +326,7 @@ fn compile_upstream(
 ) -> Option<Upstream> {
     let p = &cfg.defaults;
     let policy = SsrfPolicy::from_security(&cfg.security);
-    let urls: Vec<(String, &str, u32)> = match &u.url {
-        Some(url) => vec![(format!("{path}.url"), url.as_str(), 1)],
-        None => u
-            .targets
-            .iter()
-            .enumerate()
-            .map(|(j, t)| {
-                (
-                    format!("{path}.targets[{j}].url"),
-                    t.url.as_str(),
-                    t.weight.unwrap_or(1),
-                )
-            })
-            .collect(),
-    };
-    let prev = previous.and_then(|s| s.upstreams.iter().find(|x| *x.name == *u.name));
+    let prev = previous.and_then(|s| s.upstreams.iter().find(|x| *x.name == *name));
     let connect_timeout = u
         .connect_timeout
         .or(p.connect_timeout)
@@ -317,20 +339,21 @@ fn compile_upstream(
         .write_timeout
         .or(p.write_timeout)
         .map_or(Duration::from_secs(15), |m| m.duration());
+    // Pingora closes a pooled connection idle this long (the peer's option).
     let idle_timeout = u
         .idle_timeout
         .map_or(Duration::from_secs(60), |m| m.duration());
     let mut targets = Vec::new();
     let mut tls = false;
-    for (tpath, url, weight) in urls {
-        let t = match parse_target_url(url) {
-            Ok(t) => t,
-            Err(m) => {
-                errors.push(ConfigError::new(tpath, m));
-                continue;
-            }
-        };
-        let addr = match resolve(&t) {
+    for TargetSpec {
+        path: tpath,
+        text,
+        url: t,
+        weight,
+    } in specs
+    {
+        tls = t.tls;
+        let addr = match resolve(t) {
             Ok(a) => a,
             Err(m) => {
                 errors.push(ConfigError::new(tpath, m));
@@ -338,22 +361,13 @@ fn compile_upstream(
             }
         };
         if let Err(m) = policy.check_ip(addr.ip()) {
-            tracing::warn!(target = %url, "outbound target refused: {m}");
+            tracing::warn!(target = %text, "outbound target refused: {m}");
             errors.push(ConfigError::new(
                 tpath,
                 format!("{:?} resolves to {}: {m}", t.host, addr.ip()),
             ));
             continue;
         }
-        tls = t.tls;
-        let default_port = if t.tls { 443 } else { 80 };
-        let host_header = if t.port == default_port {
-            t.host.clone()
-        } else if t.host.contains(':') {
-            format!("[{}]:{}", t.host, t.port)
-        } else {
-            format!("{}:{}", t.host, t.port)
-        };
         let mut peer = HttpPeer::new(
             addr,
             t.tls,
@@ -374,11 +388,11 @@ fn compile_upstream(
             ext: http::Extensions::new(),
         };
         targets.push(Target {
-            url: url.to_string(),
+            url: text.to_string(),
             addr,
             host: t.host.clone(),
             weight,
-            host_header: HeaderValue::from_str(&host_header).ok()?,
+            host_header: t.host_header(),
             peer,
             backend,
             state,
@@ -387,35 +401,19 @@ fn compile_upstream(
     if targets.is_empty() {
         return None;
     }
-    let lb = u.load_balancing.as_deref().unwrap_or("roundRobin");
-    let selector = build_selector(lb, &targets);
-    let hash_key = match u
+    let selector = build_selector(u.load_balancing.unwrap_or_default(), &targets);
+    let hash_key = u
         .hash_key
-        .as_deref()
-        .and_then(|h| h.strip_prefix("header:"))
-    {
-        Some(name) => HeaderName::from_bytes(name.as_bytes())
-            .map(HashKey::Header)
-            .unwrap_or(HashKey::ClientIp),
-        None => HashKey::ClientIp,
-    };
+        .as_ref()
+        .map_or(HashKey::ClientIp, |h| h.value().clone());
     let health = u
         .health_check
         .as_ref()
         .filter(|h| h.enabled != Some(false))
         .map(|h| {
-            let mut check = HttpHealthCheck::new(&targets[0].host, tls);
-            let probe_path = h.path.clone().unwrap_or_else(|| "/health".into());
-            if let Ok(req) = pingora_http::RequestHeader::build("GET", probe_path.as_bytes(), None)
-            {
-                check.req = req;
-                let _ = check
-                    .req
-                    .insert_header("Host", targets[0].host_header.clone());
-                let _ = check
-                    .req
-                    .insert_header("User-Agent", "flexgate-health-check");
-            }
+            let first = &targets[0];
+            let mut check = HttpHealthCheck::new(&first.host, tls);
+            check.req = probe_request(h.path.as_ref().map(|p| &p.value().0), &first.host_header);
             let timeout = h.timeout.map_or(Duration::from_secs(2), |m| m.duration());
             check.peer_template.options.connection_timeout = Some(timeout);
             check.peer_template.options.read_timeout = Some(timeout);
@@ -438,8 +436,7 @@ fn compile_upstream(
         });
     let passive = u.passive.clone().unwrap_or_default();
     Some(Upstream {
-        name: Arc::from(u.name.as_str()),
-        tls,
+        name: Arc::from(name),
         targets,
         selector,
         hash_key,
@@ -450,8 +447,7 @@ fn compile_upstream(
             .timeout
             .or(p.timeout)
             .map_or(Duration::from_secs(30), |m| m.duration()),
-        idle_timeout,
-        retries: u.retries.unwrap_or(0).min(10),
+        retries: u.retries.unwrap_or(0),
         retry_backoff: u
             .retry_backoff
             .map_or(Duration::from_millis(25), |m| m.duration()),
@@ -459,11 +455,25 @@ fn compile_upstream(
         passive_eject: passive
             .eject_duration
             .map_or(Duration::from_secs(10), |m| m.duration()),
-        host_from_client: u.host_header.as_deref() == Some("client"),
+        host_from_client: u.host_header == Some(HostHeader::Client),
         health,
         breaker: compile_breaker(u, prev),
-        config_hash: hash_of(u),
     })
+}
+
+/// The request of an active health check: `GET <path>` (default
+/// `/health`) with the target's `Host`.
+fn probe_request(path: Option<&http::Uri>, host: &HeaderValue) -> pingora_http::RequestHeader {
+    let mut req = pingora_http::RequestHeader::build("GET", b"/health", None)
+        .expect("GET /health is a request");
+    if let Some(uri) = path {
+        req.set_uri(uri.clone());
+    }
+    req.insert_header("Host", host.clone())
+        .expect("a static name and a header value");
+    req.insert_header("User-Agent", "flexgate-health-check")
+        .expect("a static name and value");
+    req
 }
 
 /// The upstream's breaker, kept from the previous snapshot when its settings are unchanged.
@@ -487,15 +497,17 @@ fn compile_breaker(u: &UpstreamConfig, prev: Option<&Arc<Upstream>>) -> Option<A
 }
 
 /// Config-file keys and stored (generated) keys, side by side.
-fn compile_keys(cfg: &DynamicConfig, key_file: &KeyFile, previous: Option<&Snapshot>) -> KeyIndex {
+fn compile_keys(
+    cfg: &DynamicConfig,
+    key_file: &KeyFile,
+    previous: Option<&Snapshot>,
+    errors: &mut Vec<ConfigError>,
+) -> KeyIndex {
     let auth = cfg.security.auth.as_ref();
-    let header = HeaderName::from_bytes(
-        auth.and_then(|a| a.header.as_deref())
-            .unwrap_or("x-api-key")
-            .as_bytes(),
-    )
-    .ok();
-    let mut keys = KeyIndex::new(header);
+    let header = auth
+        .and_then(|a| a.header.as_ref())
+        .map_or(HeaderName::from_static("x-api-key"), |h| h.value().clone());
+    let mut keys = KeyIndex::new(Some(header));
     let prev = previous.map(|p| &p.keys);
     for (i, k) in auth
         .map(|a| a.keys.as_slice())
@@ -503,14 +515,18 @@ fn compile_keys(cfg: &DynamicConfig, key_file: &KeyFile, previous: Option<&Snaps
         .iter()
         .enumerate()
     {
-        let Some(digest) = from_hex(&k.key) else {
+        let Some(digest) = &k.key else {
+            errors.push(ConfigError::new(
+                format!("security.auth.keys[{i}].key"),
+                "is required",
+            ));
             continue;
         };
         let id = k.id.clone().unwrap_or_else(|| format!("config-{i}"));
         let key = ApiKey {
             name: Arc::from(k.name.clone().unwrap_or_else(|| id.clone()).as_str()),
             id,
-            digest,
+            digest: digest.value().0,
             scopes: k.scopes.clone(),
             routes: k.routes.clone(),
             expires_at: k.expires_at,
@@ -519,8 +535,12 @@ fn compile_keys(cfg: &DynamicConfig, key_file: &KeyFile, previous: Option<&Snaps
         };
         keys.insert(key, prev);
     }
-    for k in &key_file.keys {
+    for (i, k) in key_file.keys.iter().enumerate() {
         let Some(digest) = from_hex(&k.digest) else {
+            errors.push(ConfigError::new(
+                "security.auth.keyStore",
+                format!("keys[{i}].digest is not a SHA-256 hex digest"),
+            ));
             continue;
         };
         let key = ApiKey {
@@ -538,15 +558,16 @@ fn compile_keys(cfg: &DynamicConfig, key_file: &KeyFile, previous: Option<&Snaps
     keys
 }
 
+/// A limit rule, kept from the previous snapshot (counters and all) when
+/// its settings are unchanged.
 fn limit_rule(
     id: String,
     max: u64,
     window: Duration,
-    by: Option<&str>,
+    by: LimitBy,
     message: Option<String>,
     previous: Option<&Snapshot>,
 ) -> Arc<LimitRule> {
-    let by = LimitBy::parse(by).unwrap_or(LimitBy::Ip);
     let kept = previous.and_then(|p| {
         p.rate_limits
             .find(&id)
@@ -575,10 +596,61 @@ fn limit_from(l: &LimitConfig, id: String, previous: Option<&Snapshot>) -> Arc<L
         id,
         max,
         window,
-        l.by.as_deref(),
+        l.by.unwrap_or_default(),
         l.message.clone(),
         previous,
     )
+}
+
+/// The upstream a route sends to, and whether it is the route's own (a
+/// URL) rather than a named one. `None` when there is none (the reason is
+/// in `errors`).
+fn route_upstream(
+    i: usize,
+    r: &crate::config::RouteConfig,
+    named: &HashMap<&str, Option<Arc<Upstream>>>,
+    cfg: &DynamicConfig,
+    previous: Option<&Snapshot>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(Arc<Upstream>, bool)> {
+    let path = format!("routes[{i}].upstream");
+    let (text, url) = match (&r.target_url, &r.upstream) {
+        (Some(url), _) => (url.as_str(), url.value()),
+        (None, Some(up)) => match up.value() {
+            UpstreamRef::Url(url) => (up.as_str(), url),
+            UpstreamRef::Name(name) => {
+                return match named.get(name.as_str()) {
+                    // None: the upstream's own errors are reported.
+                    Some(compiled) => compiled.clone().map(|u| (u, false)),
+                    None => {
+                        errors.push(ConfigError::new(path, format!("unknown upstream {name:?}")));
+                        None
+                    }
+                };
+            }
+        },
+        (None, None) => {
+            errors.push(ConfigError::new(path, "is required"));
+            return None;
+        }
+    };
+    let id = r.id.clone().unwrap_or_else(|| format!("route-{i}"));
+    let spec = TargetSpec {
+        path,
+        text,
+        url,
+        weight: 1,
+    };
+    let own = UpstreamConfig::default();
+    compile_upstream(
+        &format!("route:{id}"),
+        vec![spec],
+        &own,
+        cfg,
+        previous,
+        errors,
+    )
+    .map(|u| (Arc::new(u), true))
 }
 
 /// Compiles a validated config into a snapshot. `version` is the number the
@@ -591,15 +663,12 @@ pub fn compile(
 ) -> Result<Snapshot, ConfigErrors> {
     let mut errors = Vec::new();
     let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
-    let mut by_name: HashMap<String, Arc<Upstream>> = HashMap::new();
+    let mut named: HashMap<&str, Option<Arc<Upstream>>> = HashMap::new();
     for (i, u) in cfg.upstreams.iter().enumerate() {
-        if let Some(up) =
-            compile_upstream(&format!("upstreams[{i}]"), u, cfg, previous, &mut errors)
-        {
-            let up = Arc::new(up);
-            by_name.insert(u.name.clone(), up.clone());
-            upstreams.push(up);
-        }
+        let specs = target_specs(&format!("upstreams[{i}]"), u, &mut errors);
+        let up = compile_upstream(&u.name, specs, u, cfg, previous, &mut errors).map(Arc::new);
+        upstreams.extend(up.clone());
+        named.insert(&u.name, up);
     }
     let default_body = cfg.defaults.max_body_size.map_or(10 << 20, |s| s.0);
     let mut rules = Vec::new();
@@ -609,44 +678,17 @@ pub fn compile(
             continue;
         }
         let id: Arc<str> = Arc::from(r.id.clone().unwrap_or_else(|| format!("route-{i}")));
-        let url = r
-            .target_url
-            .clone()
-            .or(r.upstream.clone().filter(|u| u.contains("://")));
-        let up = match url {
-            Some(url) => {
-                let inline = UpstreamConfig {
-                    name: format!("route:{id}"),
-                    url: Some(url),
-                    ..Default::default()
-                };
-                match compile_upstream(
-                    &format!("routes[{i}].upstream"),
-                    &inline,
-                    cfg,
-                    previous,
-                    &mut errors,
-                ) {
-                    Some(u) => {
-                        let u = Arc::new(u);
-                        upstreams.push(u.clone());
-                        u
-                    }
-                    None => continue,
-                }
-            }
-            None => match r.upstream.as_ref().and_then(|n| by_name.get(n)) {
-                Some(u) => u.clone(),
-                None => continue, // reported by validation or by the upstream's own error
-            },
+        let up = route_upstream(i, r, &named, cfg, previous, &mut errors);
+        let Some(pattern) = r.path.as_ref().map(|p| p.value().clone()) else {
+            errors.push(ConfigError::new(format!("routes[{i}].path"), "is required"));
+            continue;
         };
-        let pattern = match PathPattern::parse(&r.path) {
-            Ok(p) => p,
-            Err(m) => {
-                errors.push(ConfigError::new(format!("routes[{i}].path"), m));
-                continue;
-            }
+        let Some((up, own)) = up else {
+            continue;
         };
+        if own {
+            upstreams.push(up.clone());
+        }
         let rewrite = match (&r.rewrite, r.strip_prefix) {
             (Some(with), _) => PathRewrite::ReplacePrefix {
                 prefix: pattern.literal_prefix().to_string(),
@@ -668,10 +710,10 @@ pub fn compile(
                 .map(|l| limit_from(l, format!("route:{id}"), previous)),
             inflight: prev_route.map(|p| p.inflight.clone()).unwrap_or_default(),
             max_in_flight: r.max_in_flight,
-            shed_at_percent: match r.criticality.as_deref() {
-                Some("low") => 70,
-                Some("high") => 100,
-                _ => 90,
+            shed_at_percent: match r.criticality.unwrap_or_default() {
+                Criticality::Low => 70,
+                Criticality::Normal => 90,
+                Criticality::High => 100,
             },
             id: id.clone(),
             total_timeout: r.timeout.map_or(up.total_timeout, |m| m.duration()),
@@ -687,19 +729,46 @@ pub fn compile(
         };
         let rule = RouteRule {
             pattern,
-            host: r.host.as_deref().map(HostPattern::parse),
-            methods: MethodSet::from_names(&r.methods),
+            host: r.host.as_ref().map(|h| h.value().clone()),
+            methods: MethodSet::of(r.methods.iter().map(|m| m.value())),
             priority: r.priority.unwrap_or(0),
         };
         let route = Arc::new(route);
         routes_by_id.insert(id, route.clone());
         rules.push((rule, route));
     }
+    let keys = compile_keys(cfg, key_file, previous, &mut errors);
+    let per_path = cfg
+        .rate_limit
+        .per_route
+        .iter()
+        .enumerate()
+        .filter_map(|(i, pr)| {
+            let Some(pattern) = &pr.path else {
+                errors.push(ConfigError::new(
+                    format!("rateLimit.perRoute[{i}].path"),
+                    "is required",
+                ));
+                return None;
+            };
+            let window = pr
+                .window_ms
+                .map_or(Duration::from_secs(60), |m| m.duration());
+            let rule = limit_rule(
+                format!("perRoute[{i}]"),
+                pr.max,
+                window,
+                pr.by.unwrap_or_default(),
+                pr.message.clone(),
+                previous,
+            );
+            Some((pattern.value().clone(), rule))
+        })
+        .collect();
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
 
-    let keys = compile_keys(cfg, key_file, previous);
     let jwt = match &cfg.security.jwt {
         None => None,
         Some(settings) => match previous
@@ -717,20 +786,15 @@ pub fn compile(
     let via_name = cfg
         .defaults
         .via_name
-        .clone()
-        .unwrap_or_else(default_via_name);
+        .as_ref()
+        .map_or_else(default_via_name, |v| v.to_string());
     let sampling = cfg.logging.sampling.clone().unwrap_or_default();
     Ok(Snapshot {
         version,
         router: Router::new(rules),
         upstreams,
         keys,
-        trusted_proxies: cfg
-            .defaults
-            .trusted_proxies
-            .iter()
-            .filter_map(|c| parse_cidr(c).ok())
-            .collect(),
+        trusted_proxies: nets(&cfg.defaults.trusted_proxies),
         ip_rules: IpRules::from_lists(&cfg.security.allow_ips, &cfg.security.deny_ips),
         limits: EdgeLimits {
             max_header_bytes: l.max_header_bytes.map_or(60 << 10, |b| b.0 as usize),
@@ -743,8 +807,8 @@ pub fn compile(
         access_log: cfg.logging.access_log.unwrap_or(true),
         success_sample: sampling.success_rate.unwrap_or(1.0),
         error_sample: sampling.error_rate.unwrap_or(1.0),
-        via_entry: HeaderValue::from_str(&format!("1.1 {via_name}"))
-            .unwrap_or(HeaderValue::from_static("1.1 flexgate")),
+        via_entry: HeaderValue::try_from(format!("1.1 {via_name}"))
+            .expect("a token (viaName, or the host name kept to letters, digits, '-', '.') is a header value"),
         via_name,
         health_endpoints: cfg.defaults.health_endpoints.unwrap_or(true),
         rate_limits: LimitSet {
@@ -753,27 +817,8 @@ pub fn compile(
                 .global
                 .as_ref()
                 .map(|l| limit_from(l, "global".into(), previous)),
-            per_path: cfg
-                .rate_limit
-                .per_route
-                .iter()
-                .enumerate()
-                .filter_map(|(i, pr)| {
-                    let window = pr
-                        .window_ms
-                        .map_or(Duration::from_secs(60), |m| m.duration());
-                    let rule = limit_rule(
-                        format!("perRoute[{i}]"),
-                        pr.max,
-                        window,
-                        pr.by.as_deref(),
-                        pr.message.clone(),
-                        previous,
-                    );
-                    Some((PathPattern::parse(&pr.path).ok()?, rule))
-                })
-                .collect(),
-            redis: cfg.rate_limit.backend.as_deref() == Some("redis"),
+            per_path,
+            redis: cfg.rate_limit.backend == Some(crate::config::RateLimitBackend::Redis),
         },
         max_in_flight: cfg.defaults.max_in_flight.unwrap_or(10_000),
         routes_by_id,
@@ -783,4 +828,70 @@ pub fn compile(
         source: Arc::new(cfg.clone()),
         key_file: Arc::new(key_file.clone()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(yaml: &str) -> Result<Snapshot, ConfigErrors> {
+        let cfg = crate::config::parse(yaml).expect("every value parses");
+        compile(&cfg.dynamic(), &KeyFile::default(), None, 1)
+    }
+
+    #[test]
+    fn typed_values_reach_the_snapshot() {
+        let snap = compiled(
+            "upstreams:\n  - name: app\n    targets: [{url: \"http://127.0.0.1:9\"}, {url: \"http://127.0.0.2:9\"}]\n    \
+             loadBalancing: consistentHash\n    hashKey: \"header:X-User\"\n\
+             routes:\n  - path: /a/*\n    upstream: app\n    methods: [get]\n    host: \"*.Example.com\"\n    \
+             criticality: low\n    allowIps: [10.1.2.3/8]\n    \
+             requestHeaders: {add: {X-A: b}, remove: [X-B]}\n\
+             proxy:\n  trustedProxies: [192.168.0.1]\n",
+        )
+        .expect("compiles");
+        let route = snap.routes_by_id.get("route-0").expect("the route");
+        assert_eq!(route.shed_at_percent, 70);
+        assert_eq!(route.request_headers.set[0].0, "x-a");
+        assert_eq!(route.request_headers.remove[0], "x-b");
+        assert!(route
+            .ip_rules
+            .as_ref()
+            .unwrap()
+            .permits(&"10.9.9.9".parse().unwrap()));
+        assert!(matches!(
+            route.upstream.selector,
+            upstream::Selector::Consistent(_)
+        ));
+        assert_eq!(
+            route.upstream.hash_key,
+            HashKey::Header(HeaderName::from_static("x-user"))
+        );
+        assert!(snap.is_trusted(&"192.168.0.1".parse().unwrap()));
+        assert!(matches!(
+            snap.router
+                .find("a.example.com", &http::Method::HEAD, "/a/1"),
+            router::Match::Found(_)
+        ));
+    }
+
+    #[test]
+    fn what_validation_would_refuse_is_an_error_not_a_skip() {
+        let err = compiled(
+            "upstreams:\n  - name: app\n    url: \"http://127.0.0.1:9\"\n\
+             routes:\n  - path: /a\n    upstream: nowhere\n  - upstream: app\n\
+             rateLimit:\n  perRoute:\n    - max: 1\n",
+        )
+        .err()
+        .expect("refused");
+        let paths: Vec<&str> = err.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].upstream",
+                "routes[1].path",
+                "rateLimit.perRoute[0].path"
+            ]
+        );
+    }
 }

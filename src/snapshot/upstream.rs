@@ -11,6 +11,7 @@
 //! When every target is down the selection still returns one ("panic mode",
 //! as Envoy does): trying a maybe-dead target beats refusing for sure.
 
+use crate::config::Balancer;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::selection::{
     consistent::KetamaHashing, BackendIter, BackendSelection, Random, RoundRobin,
@@ -19,14 +20,12 @@ use pingora_load_balancing::Backend;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Milliseconds since the process started (a cheap monotonic clock for atomics).
-pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
+pub use super::clock::now_ms;
+/// What the consistent hash is computed from (as the config gives it).
+pub use crate::config::HashKey;
 
 /// Mutable health of one target, shared across config reloads.
 #[derive(Debug)]
@@ -125,13 +124,6 @@ pub enum Selector {
     LeastConnections,
 }
 
-/// What the consistent hash is computed from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HashKey {
-    ClientIp,
-    Header(http::HeaderName),
-}
-
 /// Active health-check settings.
 pub struct HealthSpec {
     pub interval: Duration,
@@ -143,7 +135,6 @@ pub struct HealthSpec {
 /// A compiled upstream.
 pub struct Upstream {
     pub name: Arc<str>,
-    pub tls: bool,
     pub targets: Vec<Target>,
     pub selector: Selector,
     pub hash_key: HashKey,
@@ -151,7 +142,6 @@ pub struct Upstream {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub total_timeout: Duration,
-    pub idle_timeout: Duration,
     pub retries: u32,
     pub retry_backoff: Duration,
     pub passive_max_failures: u32,
@@ -160,12 +150,10 @@ pub struct Upstream {
     pub health: Option<HealthSpec>,
     /// Circuit breaker, when enabled.
     pub breaker: Option<Arc<super::breaker::Breaker>>,
-    /// Hash of the config this was built from (state reuse across reloads).
-    pub config_hash: u64,
 }
 
 /// Builds the selection structure for targets (index stored in `Backend::ext`).
-pub fn build_selector(kind: &str, targets: &[Target]) -> Selector {
+pub fn build_selector(balancer: Balancer, targets: &[Target]) -> Selector {
     let set: BTreeSet<Backend> = targets
         .iter()
         .enumerate()
@@ -175,11 +163,13 @@ pub fn build_selector(kind: &str, targets: &[Target]) -> Selector {
             b
         })
         .collect();
-    match kind {
-        "consistentHash" => Selector::Consistent(Arc::new(KetamaHashing::build(&set))),
-        "leastConnections" | "p2c" => Selector::LeastConnections,
-        "random" => Selector::Random(Arc::new(Random::build(&set))),
-        _ => Selector::RoundRobin(Arc::new(RoundRobin::build(&set))),
+    match balancer {
+        Balancer::RoundRobin | Balancer::Weighted => {
+            Selector::RoundRobin(Arc::new(RoundRobin::build(&set)))
+        }
+        Balancer::ConsistentHash => Selector::Consistent(Arc::new(KetamaHashing::build(&set))),
+        Balancer::LeastConnections | Balancer::P2c => Selector::LeastConnections,
+        Balancer::Random => Selector::Random(Arc::new(Random::build(&set))),
     }
 }
 

@@ -329,7 +329,7 @@ mod tests {
             l.load(Ordering::Relaxed)
         });
         let mut state = store.load().await.unwrap().unwrap().state;
-        state.config.routes[0].path = "/b/*".into();
+        state.config.routes[0].path = Some("/b/*".parse().unwrap());
         assert_eq!(
             store.commit(0, &state, &[]).await,
             Err(StoreError::Conflict { current: 1 })
