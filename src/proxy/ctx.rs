@@ -2,7 +2,6 @@
 //! by concern: who the client is, what it proved, what admission granted,
 //! the upstream attempts, the clock, and how the exchange ended.
 
-use super::respond::Reject;
 use crate::jwt::Verified;
 use crate::limit::{Decision, LimitRule};
 use crate::snapshot::{Route, Snapshot};
@@ -92,17 +91,8 @@ pub struct Outcome {
     pub status: u16,
     /// The refusal's code, when the gateway refused.
     pub code: Option<&'static str>,
-    /// The refusal was the upstream's fault (`Reject::blames_upstream`).
+    /// The refusal was the upstream's fault (`respond::Reject::blames_upstream`).
     pub upstream_fault: bool,
-}
-
-impl Outcome {
-    /// Records a refusal sent to the client.
-    pub fn refused(&mut self, reject: &Reject) {
-        self.status = reject.status();
-        self.code = Some(reject.code());
-        self.upstream_fault = reject.blames_upstream();
-    }
 }
 
 impl RequestCtx {

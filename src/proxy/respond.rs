@@ -8,7 +8,7 @@
 //! through it. [`Reject::blames_upstream`] tells the circuit breaker whose
 //! fault a refusal was.
 
-use super::ctx::RequestCtx;
+use super::ctx::{Outcome, RequestCtx};
 use crate::limit::LimitRule;
 use bytes::Bytes;
 use http::{HeaderValue, Method};
@@ -345,8 +345,12 @@ pub async fn send_reject(
     reject: &Reject,
     close: bool,
 ) -> pingora_error::Result<()> {
-    ctx.outcome.refused(reject);
     let status = reject.status();
+    ctx.outcome = Outcome {
+        status,
+        code: Some(reject.code()),
+        upstream_fault: reject.blames_upstream(),
+    };
     let body = error_body(status, reject.code(), &reject.message(), ctx.request_id());
     let mut resp = ResponseHeader::build(status, Some(6))?;
     resp.insert_header("content-type", "application/json")?;
