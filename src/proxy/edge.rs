@@ -89,8 +89,8 @@ impl EdgeStream {
     /// Waits for the next request's first bytes; `Ok(false)` when the
     /// client closed the connection.
     fn poll_idle(&mut self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<bool>> {
-        let mut bytes = [0u8; IDLE_READ];
-        let mut buf = tokio::io::ReadBuf::new(&mut bytes);
+        let mut bytes = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut bytes);
         match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.inner), cx, &mut buf) {
             Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(false)),
             Poll::Ready(Ok(())) => {
