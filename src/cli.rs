@@ -117,24 +117,14 @@ pub enum KeysCommand {
     },
 }
 
-/// `30d`, `12h`, `90m`, `45s` → seconds.
-pub(crate) fn parse_lifetime(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("--expires {text:?}: expected e.g. 30d, 12h, 90m"))?;
-    let factor = match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" | "" => 1,
-        _ => return Err(format!("--expires {text:?}: unit must be d, h, m or s")),
-    };
-    if n == 0 {
-        return Err("--expires must be greater than 0".into());
-    }
-    Ok(n.saturating_mul(factor))
+/// `--expires`: a key's lifetime in seconds, refused in the flag's words.
+fn expires_seconds(text: &str) -> Result<u64, String> {
+    use crate::keys::lifetime::{self, LifetimeError};
+    lifetime::parse(text).map_err(|e| match e {
+        LifetimeError::NotANumber => format!("--expires {text:?}: expected e.g. 30d, 12h, 90m"),
+        LifetimeError::BadUnit => format!("--expires {text:?}: unit must be d, h, m or s"),
+        LifetimeError::Zero => "--expires must be greater than 0".into(),
+    })
 }
 
 /// The key store of a config file.
@@ -160,7 +150,7 @@ fn keys_command(command: KeysCommand) -> Result<(), String> {
             let path = key_store_of(&config.config)?;
             let expires_at = expires
                 .as_deref()
-                .map(parse_lifetime)
+                .map(expires_seconds)
                 .transpose()?
                 .map(|s| crate::keys::unix_now() + s);
             let (plain, k) = store::create(&path, &name, scopes, routes, expires_at)?;

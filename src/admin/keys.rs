@@ -150,7 +150,7 @@ fn lifetime(text: &str) -> Result<u64, ApiError> {
     if !text.trim().ends_with(['d', 'h', 'm', 's']) {
         return Err(bad());
     }
-    crate::cli::parse_lifetime(text).map_err(|_| bad())
+    crate::keys::lifetime::parse(text).map_err(|_| bad())
 }
 
 #[utoipa::path(get, path = "/api/keys", tag = "keys",

@@ -12,8 +12,10 @@
 //! The store is a JSON file (`security.auth.keyStore`, default
 //! `flexgate-keys.json` beside the config file) written atomically (temp
 //! file, fsync, rename); the running gateway reloads it within a second of a
-//! change, like the config file.
+//! change, like the config file. `lifetime.rs` reads the lifetime a new
+//! key is given (`30d`, `12h`, …) for the CLI and the admin API alike.
 
+pub mod lifetime;
 pub mod store;
 
 use std::collections::HashMap;
