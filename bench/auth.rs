@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
         secret: Some("a-shared-secret-of-32-bytes-long".into()),
         ..Default::default()
     };
-    let exp = flexgate::keys::unix_now() + 3600;
+    let exp = flexgate::clock::unix_now() + 3600;
     let claims = serde_json::json!({"sub": "u", "exp": exp});
     let hs = format!(
         "Bearer {}",
@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap()
     );
-    let now = flexgate::keys::unix_now();
+    let now = flexgate::clock::unix_now();
     c.bench_function("jwt HS256 verify, cached", |b| {
         let v = JwtVerifier::new(&settings).unwrap();
         b.iter(|| v.verify(black_box(hs.as_bytes()), now).is_ok())

@@ -152,7 +152,7 @@ fn keys_command(command: KeysCommand) -> Result<(), String> {
                 .as_deref()
                 .map(expires_seconds)
                 .transpose()?
-                .map(|s| crate::keys::unix_now() + s);
+                .map(|s| crate::clock::unix_now() + s);
             let (plain, k) = store::create(&path, &name, scopes, routes, expires_at)?;
             println!("{plain}");
             eprintln!(
@@ -169,7 +169,7 @@ fn keys_command(command: KeysCommand) -> Result<(), String> {
                 "{:<18} {:<20} {:<8} {:<12} {:<20} {:<20}",
                 "ID", "NAME", "STATUS", "EXPIRES", "SCOPES", "ROUTES"
             );
-            let now = crate::keys::unix_now();
+            let now = crate::clock::unix_now();
             for k in &file.keys {
                 let status = if k.revoked {
                     "revoked"

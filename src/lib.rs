@@ -12,11 +12,15 @@
 //! - [`accesslog`] / [`logging`] — structured access log and log set-up;
 //! - [`runtime_dir`] — the private directory of the upgrade socket and pid file;
 //! - [`deps_tls`] — TLS to PostgreSQL, Redis and NATS;
+//! - [`clock`] — wall-clock seconds and RFC 3339 text;
+//! - [`atomic_file`] — files replaced whole (temp file, fsync, rename);
 //! - [`server`] — process assembly; [`cli`] — the command line.
 
 pub mod accesslog;
 pub mod admin;
+pub mod atomic_file;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod deps_tls;
 pub mod events;

@@ -584,7 +584,7 @@ async fn keys_show_the_secret_once_and_revoke() {
     let snap = st.config.current();
     assert!(snap
         .keys
-        .verify(secret.as_bytes(), "any", &[], flexgate::keys::unix_now())
+        .verify(secret.as_bytes(), "any", &[], flexgate::clock::unix_now())
         .is_ok());
     assert_error(
         &send(st, "POST", "/api/keys", json!({"name": "ci"})).await,
@@ -604,7 +604,7 @@ async fn keys_show_the_secret_once_and_revoke() {
         .config
         .current()
         .keys
-        .verify(secret.as_bytes(), "any", &[], flexgate::keys::unix_now())
+        .verify(secret.as_bytes(), "any", &[], flexgate::clock::unix_now())
         .is_err());
     assert_error(
         &call(st, "DELETE", &format!("/api/keys/{id}"), &[AUTH], vec![]).await,

@@ -104,7 +104,7 @@ pub async fn export(
             let text = format!(
                 "# FlexGate dynamic config, version {version}, exported {}\n\
                  # Secrets show as {:?}; importing this document keeps them.\n{}",
-                crate::store::now_rfc3339(),
+                crate::clock::now_rfc3339(),
                 config::redact::MARKER,
                 config::clean_yaml_of(v)
             );

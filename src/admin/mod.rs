@@ -347,7 +347,7 @@ async fn health(State(state): State<AdminState>) -> Response {
     let snap = state.config.current();
     Json(HealthBody {
         status: "UP".into(),
-        timestamp: crate::store::now_rfc3339(),
+        timestamp: crate::clock::now_rfc3339(),
         version: env!("CARGO_PKG_VERSION").into(),
         config_version: snap.version,
     })

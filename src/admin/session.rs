@@ -44,7 +44,7 @@ impl Sessions {
             .fill(&mut raw)
             .expect("system randomness");
         let value = crate::keys::to_hex(&raw);
-        let now = crate::keys::unix_now();
+        let now = crate::clock::unix_now();
         let expires = now + TTL_SECS;
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.retain(|_, exp| *exp > now);
@@ -62,7 +62,7 @@ impl Sessions {
         let d = crate::keys::digest(value.as_bytes());
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.get(&d)
-            .is_some_and(|exp| *exp > crate::keys::unix_now())
+            .is_some_and(|exp| *exp > crate::clock::unix_now())
     }
 
     /// Ends a session.
@@ -194,7 +194,7 @@ mod tests {
         let s = Sessions::default();
         let (v, exp) = s.create();
         assert_eq!(v.len(), 64);
-        assert!(exp > crate::keys::unix_now());
+        assert!(exp > crate::clock::unix_now());
         assert!(s.check(&v));
         assert!(!s.check("nope"));
         s.remove(&v);

@@ -17,7 +17,8 @@
 
 use super::api::ApiError;
 use super::AdminState;
-use crate::store::{now_rfc3339, AuditEntry, State};
+use crate::clock::now_rfc3339;
+use crate::store::{AuditEntry, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 

@@ -275,7 +275,7 @@ mod tests {
     #[test]
     fn hs256_checks_claims() {
         let v = JwtVerifier::new(&settings()).unwrap();
-        let now = crate::keys::unix_now();
+        let now = crate::clock::unix_now();
         let good = serde_json::json!({"sub": "u1", "iss": "https://issuer.test", "aud": "api", "exp": now + 600});
         let ok = v.verify(&token(good.clone(), "s3cret"), now).unwrap();
         assert_eq!(&*ok.subject, "u1");

@@ -2,7 +2,9 @@
 //! written atomically so a crash leaves the old or the new file, never a
 //! torn one.
 
-use super::{from_hex, to_hex, unix_now};
+use super::{from_hex, to_hex};
+use crate::atomic_file;
+use crate::clock::unix_now;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -78,7 +80,7 @@ fn read_capped(path: &Path) -> std::io::Result<String> {
 /// Writes the store atomically: temp file in the same folder, fsync, rename, fsync the folder.
 pub fn save(path: &Path, file: &KeyFile) -> Result<(), String> {
     let text = serde_json::to_string_pretty(file).map_err(|e| e.to_string())?;
-    crate::store::atomic_write(path, text.as_bytes())
+    atomic_file::write(path, text.as_bytes())
         .map_err(|e| format!("cannot write key store {}: {e}", path.display()))
 }
 

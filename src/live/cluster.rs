@@ -260,7 +260,7 @@ pub fn alert_json(node: &str, event: &events::Emitted) -> serde_json::Value {
     serde_json::json!({
         "node": node,
         "type": event.kind,
-        "time": crate::store::rfc3339(event.time_ms / 1000),
+        "time": crate::clock::rfc3339(event.time_ms / 1000),
         "data": event.data,
     })
 }

@@ -29,7 +29,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Width of one request-rate point.
 pub const SLOT_SECONDS: u64 = 10;
@@ -191,18 +191,12 @@ pub struct LiveStats {
     next_shard: AtomicUsize,
 }
 
-fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
 impl LiveStats {
     fn new() -> LiveStats {
         LiveStats {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
             started: Instant::now(),
-            started_unix: unix_now().as_secs(),
+            started_unix: crate::clock::unix_now(),
             next_shard: AtomicUsize::new(0),
         }
     }
@@ -306,7 +300,7 @@ impl LiveStats {
         let overall = overall.finish();
         Summary {
             node: node_name().to_string(),
-            timestamp: crate::store::now_rfc3339(),
+            timestamp: crate::clock::now_rfc3339(),
             uptime_seconds: self.started.elapsed().as_secs(),
             window_seconds: now.saturating_sub(window_start).max(1),
             total_requests: overall.total_requests,
@@ -324,7 +318,7 @@ impl LiveStats {
                         // The current slot is partial: its rate is over the seconds so far.
                         let seconds = (now + 1).saturating_sub(start).clamp(1, SLOT_SECONDS);
                         RatePoint {
-                            time: crate::store::rfc3339(start),
+                            time: crate::clock::rfc3339(start),
                             requests,
                             errors,
                             per_second: requests as f64 / seconds as f64,

@@ -44,7 +44,7 @@ pub fn authenticate(
     if let Some(reject) = budget_spent(snap, client) {
         return Err(reject);
     }
-    let now = crate::keys::unix_now();
+    let now = crate::clock::unix_now();
     let verdict = match route.auth {
         RouteAuth::None => Ok(Identity::default()),
         RouteAuth::Jwt => bearer_token(snap, req, now),
@@ -182,7 +182,7 @@ fn failed(snap: &Snapshot, route: &Route, client: &Client, request_id: &str, rea
     if !notable {
         return;
     }
-    if let Some(left_out) = AUTH_EVENTS.pass(crate::keys::unix_now()) {
+    if let Some(left_out) = AUTH_EVENTS.pass(crate::clock::unix_now()) {
         crate::events::emit(
             Event::AuthFailure,
             serde_json::json!({"route": &*route.id, "reason": reason, "clientIp": client.ip.to_string(), "requestId": request_id, "failuresInWindow": failures, "eventsLeftOut": left_out}),
@@ -359,7 +359,7 @@ security:
     #[tokio::test]
     async fn a_valid_jwt_gives_its_subject_and_the_forwarded_claims() {
         let t = config(20);
-        let now = crate::keys::unix_now();
+        let now = crate::clock::unix_now();
         let bearer = token(
             serde_json::json!({"sub": "u-42", "email": "u42@example.com", "exp": now + 600}),
             JWT_SECRET,
@@ -384,7 +384,7 @@ security:
     #[tokio::test]
     async fn refused_jwts_are_401_with_a_bearer_challenge() {
         let t = config(20);
-        let now = crate::keys::unix_now();
+        let now = crate::clock::unix_now();
         let expired = token(
             serde_json::json!({"sub": "u-42", "exp": now - 3600}),
             JWT_SECRET,
@@ -454,7 +454,7 @@ security:
             .expect("seconds");
         assert!((1..=3600).contains(&retry_after), "{retry_after}");
         // Every authenticated route, whatever the method.
-        let now = crate::keys::unix_now();
+        let now = crate::clock::unix_now();
         let bearer = token(
             serde_json::json!({"sub": "u-42", "exp": now + 600}),
             JWT_SECRET,

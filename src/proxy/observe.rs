@@ -172,7 +172,7 @@ fn breaker_outcome(e: Option<&Error>, refused: Option<bool>, status: u16) -> Opt
 /// Emits `request.error` for a 5xx, at most [`REQUEST_ERROR_EVENTS`] per
 /// second (the next one says how many were left out).
 fn request_error(req: &RequestHeader, ctx: &RequestCtx, status: u16, e: Option<&Error>) {
-    let Some(left_out) = REQUEST_ERROR_EVENTS.pass(crate::keys::unix_now()) else {
+    let Some(left_out) = REQUEST_ERROR_EVENTS.pass(crate::clock::unix_now()) else {
         return;
     };
     crate::events::emit(

@@ -19,7 +19,8 @@
 //! the admin layer serialises writes, and a commit whose expected version
 //! is not the live one is a conflict.
 
-use super::{atomic_write, AuditEntry, AuditPage, AuditQuery, State, Store, StoreError, Versioned};
+use super::{AuditEntry, AuditPage, AuditQuery, State, Store, StoreError, Versioned};
+use crate::atomic_file;
 use crate::config::{self, FileConfig};
 use crate::keys::store::{load as load_keys, save as save_keys};
 use async_trait::async_trait;
@@ -126,14 +127,14 @@ impl FileStore {
             let text = format!(
                 "# FlexGate config, last written by the admin API at {} (version {version}).\n\
                  # The text this replaced is in {}.\n{}",
-                super::now_rfc3339(),
+                crate::clock::now_rfc3339(),
                 self.prev_path()
                     .file_name()
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
                 config::to_file_yaml(&merged, &old_text, &config::base_dir(&self.config_path))
             );
-            atomic_write(&self.prev_path(), old_text.as_bytes())
-                .and_then(|()| atomic_write(&self.config_path, text.as_bytes()))
+            atomic_file::write(&self.prev_path(), old_text.as_bytes())
+                .and_then(|()| atomic_file::write(&self.config_path, text.as_bytes()))
                 .map_err(|e| {
                     StoreError::Unavailable(format!(
                         "cannot write config file {}: {e}",
@@ -308,7 +309,7 @@ mod tests {
     fn entry(action: &str, resource: &str) -> AuditEntry {
         AuditEntry {
             id: 0,
-            time: super::super::now_rfc3339(),
+            time: crate::clock::now_rfc3339(),
             actor: "test".into(),
             action: action.into(),
             resource: resource.into(),

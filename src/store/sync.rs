@@ -15,7 +15,8 @@
 //! `nats.caFile`); the client reconnects by itself. A store that cannot be reached is logged once per outage, and
 //! the node keeps serving its last config.
 
-use super::{atomic_write, State, Store, StoreError, Versioned};
+use super::{State, Store, StoreError, Versioned};
+use crate::atomic_file;
 use crate::reload::ConfigHandle;
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -66,7 +67,7 @@ pub fn write_cache(path: &Path, v: &Versioned) {
         state: v.state.clone(),
     };
     let text = serde_json::to_vec(&cached).expect("state serialises");
-    if let Err(e) = atomic_write(path, &text) {
+    if let Err(e) = atomic_file::write(path, &text) {
         tracing::warn!(path = %path.display(), "cannot write the config cache: {e}");
     }
 }
