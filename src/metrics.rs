@@ -6,10 +6,10 @@
 //! value. The request path records through handles resolved once per route
 //! when a snapshot is compiled ([`RouteMetrics`]), so recording is a few
 //! atomic adds with no label lookup, no formatting and no lock. Gauges that
-//! mirror state (breakers, health, config version) are set at scrape time.
+//! mirror state (breakers, health, config version) are set at scrape time
+//! from plain values the caller reads off the live config
+//! ([`ScrapeState`]): metrics take names and states, never the snapshot.
 
-use crate::snapshot::breaker::BreakerState;
-use crate::snapshot::Snapshot;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -320,9 +320,41 @@ fn catch_up(counter: &IntCounter, total: u64) {
     }
 }
 
+/// A circuit breaker's state, as `flexgate_circuit_breaker_state` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerGauge {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerGauge {
+    /// The gauge's value: 0 closed, 1 open, 2 half-open.
+    fn value(self) -> i64 {
+        match self {
+            BreakerGauge::Closed => 0,
+            BreakerGauge::Open => 1,
+            BreakerGauge::HalfOpen => 2,
+        }
+    }
+}
+
+/// One upstream of the live config, as the scrape reports it.
+pub struct UpstreamGauges<'a> {
+    pub name: &'a str,
+    /// Its circuit breaker's state (`None`: no breaker).
+    pub breaker: Option<BreakerGauge>,
+    /// Each target's URL (as written in the config) and whether it is
+    /// available now (healthy and not ejected).
+    pub targets: Vec<(&'a str, bool)>,
+}
+
 /// What the scrape reports besides the request path's own counters.
 pub struct ScrapeState<'a> {
-    pub snap: &'a Snapshot,
+    /// Version of the live config.
+    pub config_version: u64,
+    /// The live config's upstreams.
+    pub upstreams: &'a [UpstreamGauges<'a>],
     pub reloads: u64,
     pub rejected: u64,
     /// Configured dependencies and whether each answers.
@@ -334,8 +366,7 @@ pub struct ScrapeState<'a> {
 /// Renders the text exposition (format 0.0.4), refreshing state gauges first.
 pub fn render(state: &ScrapeState<'_>) -> String {
     let m = metrics();
-    let snap = state.snap;
-    m.config_version.set(snap.version as i64);
+    m.config_version.set(state.config_version as i64);
     catch_up(&m.config_reloads, state.reloads);
     catch_up(&m.config_rejected, state.rejected);
     let bus = crate::events::bus();
@@ -357,20 +388,14 @@ pub fn render(state: &ScrapeState<'_>) -> String {
     }
     m.breaker_state.reset();
     m.target_healthy.reset();
-    let now = crate::snapshot::upstream::now_ms();
-    for up in &snap.upstreams {
-        if let Some(b) = &up.breaker {
-            let v = match b.state() {
-                BreakerState::Closed => 0,
-                BreakerState::Open => 1,
-                BreakerState::HalfOpen => 2,
-            };
-            m.breaker_state.with_label_values(&[&up.name]).set(v);
+    for up in state.upstreams {
+        if let Some(b) = up.breaker {
+            m.breaker_state.with_label_values(&[up.name]).set(b.value());
         }
-        for t in &up.targets {
+        for (target, available) in &up.targets {
             m.target_healthy
-                .with_label_values(&[up.name.as_ref(), t.url.as_str()])
-                .set(i64::from(t.state.available(now)));
+                .with_label_values(&[up.name, target])
+                .set(i64::from(*available));
         }
     }
     let mut out = Vec::new();

@@ -40,6 +40,7 @@ pub mod serve;
 pub mod session;
 pub mod write;
 
+use crate::metrics::{BreakerGauge, UpstreamGauges};
 use crate::reload::ConfigHandle;
 use crate::store::Store;
 use api::ApiError;
@@ -437,6 +438,29 @@ fn dependency_check(up: bool) -> CheckStatus {
     }
 }
 
+/// The live config's upstreams as `/metrics` reports them: breaker states
+/// and which targets are available now.
+fn upstream_gauges(snap: &crate::snapshot::Snapshot) -> Vec<UpstreamGauges<'_>> {
+    use crate::snapshot::breaker::BreakerState;
+    let now = crate::snapshot::upstream::now_ms();
+    snap.upstreams
+        .iter()
+        .map(|up| UpstreamGauges {
+            name: &up.name,
+            breaker: up.breaker.as_ref().map(|b| match b.state() {
+                BreakerState::Closed => BreakerGauge::Closed,
+                BreakerState::Open => BreakerGauge::Open,
+                BreakerState::HalfOpen => BreakerGauge::HalfOpen,
+            }),
+            targets: up
+                .targets
+                .iter()
+                .map(|t| (t.url.as_str(), t.state.available(now)))
+                .collect(),
+        })
+        .collect()
+}
+
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 async fn prometheus(State(state): State<AdminState>) -> Response {
@@ -452,8 +476,10 @@ async fn prometheus(State(state): State<AdminState>) -> Response {
     if let Some(cluster) = &state.cluster {
         dependencies.push(("nats", cluster.is_up()));
     }
+    let upstreams = upstream_gauges(&snap);
     let text = crate::metrics::render(&crate::metrics::ScrapeState {
-        snap: &snap,
+        config_version: snap.version,
+        upstreams: &upstreams,
         reloads: state.config.reloads.load(Relaxed),
         rejected: state.config.rejected_reloads.load(Relaxed),
         dependencies: &dependencies,
