@@ -469,9 +469,19 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     ));
     server.add_service(background_service(
         "jwks fetcher",
-        crate::jwt::jwks::JwksService {
-            config: handle.clone(),
-        },
+        crate::jwt::jwks::JwksService::new({
+            let handle = handle.clone();
+            move || {
+                let snap = handle.current();
+                snap.jwt
+                    .clone()
+                    .map(|verifier| crate::jwt::jwks::JwksTarget {
+                        verifier,
+                        ssrf: snap.ssrf.clone(),
+                        allowed_hosts: snap.allowed_hosts.clone(),
+                    })
+            }
+        }),
     ));
     server.add_service(background_service(
         "health checker",

@@ -6,10 +6,14 @@
 //! `security.allowedHosts` at config time, and the address it resolves to
 //! against `blockedIPs` (plus the metadata block) right before connecting;
 //! the connection goes to exactly that checked address.
+//!
+//! The service does not know where the live config lives: whoever runs it
+//! hands it a function that answers, each round, the live verifier and
+//! the outbound-address policy ([`JwksTarget`]). Fetched keys go into the
+//! verifier itself.
 
 use super::{JwtVerifier, KeySet};
 use crate::config::{host_allowed, parse_target_url, SsrfPolicy};
-use crate::reload::ConfigHandle;
 use async_trait::async_trait;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -123,9 +127,31 @@ pub fn parse(body: &[u8]) -> Result<KeySet, String> {
     Ok(out)
 }
 
+/// What the live config gives the refresher each round.
+pub struct JwksTarget {
+    /// The live JWT verifier (fetched only when it has a `jwksUrl`).
+    pub verifier: Arc<JwtVerifier>,
+    /// The outbound-address policy the fetch obeys.
+    pub ssrf: SsrfPolicy,
+    /// `security.allowedHosts` (empty: any host).
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The live config's [`JwksTarget`], or `None` when it has no JWT verifier.
+type LiveTarget = Box<dyn Fn() -> Option<JwksTarget> + Send + Sync>;
+
 /// Background service keeping the live verifier's JWKS fresh.
 pub struct JwksService {
-    pub config: Arc<ConfigHandle>,
+    live: LiveTarget,
+}
+
+impl JwksService {
+    /// A refresher reading the live config through `live` each round.
+    pub fn new(live: impl Fn() -> Option<JwksTarget> + Send + Sync + 'static) -> JwksService {
+        JwksService {
+            live: Box::new(live),
+        }
+    }
 }
 
 #[async_trait]
@@ -133,11 +159,11 @@ impl BackgroundService for JwksService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut last_fetch: Option<(Arc<JwtVerifier>, Instant)> = None;
         loop {
-            let snap = self.config.current();
-            let verifier = snap.jwt.clone().filter(|v| v.settings.jwks_url.is_some());
-            let wait = match &verifier {
+            let target = (self.live)().filter(|t| t.verifier.settings.jwks_url.is_some());
+            let wait = match &target {
                 None => Duration::from_secs(1),
-                Some(v) => {
+                Some(target) => {
+                    let v = &target.verifier;
                     let due = match &last_fetch {
                         Some((prev, at)) if Arc::ptr_eq(prev, v) => {
                             at.elapsed() >= super::refresh_period(&v.settings)
@@ -146,7 +172,7 @@ impl BackgroundService for JwksService {
                     };
                     if due {
                         let url = v.settings.jwks_url.clone().unwrap_or_default();
-                        match fetch(&url, &snap.ssrf, &snap.allowed_hosts).await {
+                        match fetch(&url, &target.ssrf, &target.allowed_hosts).await {
                             Ok(keys) => {
                                 tracing::info!(url = %crate::config::redact::url(&url), keys = keys.values().map(Vec::len).sum::<usize>(), "JWKS fetched");
                                 v.fetched.store(Arc::new(keys));
@@ -167,8 +193,8 @@ impl BackgroundService for JwksService {
                 }
             };
             let early = async {
-                match &verifier {
-                    Some(v) => v.refresh.notified().await,
+                match &target {
+                    Some(t) => t.verifier.refresh.notified().await,
                     None => std::future::pending().await,
                 }
             };
