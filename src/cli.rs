@@ -322,7 +322,7 @@ pub fn run() -> i32 {
 fn migrate(
     config_path: &std::path::Path,
     url: Option<String>,
-) -> Result<crate::store::postgres::MigrationReport, String> {
+) -> Result<crate::store::migrate::MigrationReport, String> {
     // database.caFile, when the config file is there to say.
     let ca_file = std::fs::read_to_string(config_path)
         .ok()

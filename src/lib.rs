@@ -12,6 +12,8 @@
 //! - [`accesslog`] / [`logging`] — structured access log and log set-up;
 //! - [`runtime_dir`] — the private directory of the upgrade socket and pid file;
 //! - [`deps_tls`] — TLS to PostgreSQL, Redis and NATS;
+//! - [`pg`] — connections to PostgreSQL (TLS connector, bounded pool, error text),
+//!   shared by the config store, the migrations and the request history;
 //! - [`clock`] — wall-clock seconds and RFC 3339 text;
 //! - [`atomic_file`] — files replaced whole (temp file, fsync, rename);
 //! - [`server`] — process assembly; [`cli`] — the command line.
@@ -32,6 +34,7 @@ pub mod limit;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod pg;
 pub mod proxy;
 pub mod reload;
 pub mod runtime_dir;

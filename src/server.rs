@@ -10,8 +10,10 @@
 use crate::config::BootConfig;
 use crate::health::HealthChecker;
 use crate::history::maintenance::HistoryMaintenance;
+use crate::history::rollups::RollupReader;
 use crate::history::writer::HistoryWriter;
 use crate::limit::redis::{RedisLimiter, RedisLimiterService};
+use crate::pg::PgPool;
 use crate::proxy::edge::{ConnCounters, EdgeApp};
 use crate::proxy::Gateway;
 use crate::reload::{ConfigHandle, ReloadService};
@@ -385,12 +387,12 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         }
         server.add_service(secure);
     }
-    let (store, on_commit): (Arc<dyn Store>, Option<crate::admin::OnCommit>) = match &database {
+    let (store, on_commit, rollups) = match &database {
         Some(url) => {
-            let pg: Arc<dyn Store> = Arc::new(
-                PgStore::with_ca(url, database_ca_file(&file).as_deref())
-                    .map_err(|e| e.to_string())?,
-            );
+            // One pool for the config store and the history roll-ups.
+            let pool = PgPool::new(url, database_ca_file(&file).as_deref())
+                .map_err(|e| StoreError::from(e).to_string())?;
+            let pg: Arc<dyn Store> = Arc::new(PgStore::with_pool(pool.clone()));
             let (tx, rx) = sync::channel();
             server.add_service(background_service(
                 "config sync",
@@ -407,10 +409,11 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
             let notify: crate::admin::OnCommit = Arc::new(move |v| {
                 let _ = tx.try_send(v);
             });
-            (pg, Some(notify))
+            (pg, Some(notify), Some(RollupReader::new(pool)))
         }
         None => (
             crate::store::embedded::FileStore::for_handle(&handle, &file),
+            None,
             None,
         ),
     };
@@ -437,6 +440,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         failures: Arc::default(),
         redis: redis.clone(),
         store: store.clone(),
+        history: rollups,
         sessions: Arc::default(),
         public_endpoints: boot.admin_public_endpoints,
         on_commit,

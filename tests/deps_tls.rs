@@ -338,7 +338,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Rows of a query through the gateway's own connector (`sslmode` as in `url`).
 fn query_strings(url: &str, ca: Option<&str>, sql: &str) -> Result<Vec<String>, String> {
     runtime().block_on(async {
-        let (cfg, tls) = flexgate::store::pg_tls::resolve(url, ca)?;
+        let (cfg, tls) = flexgate::pg::tls::resolve(url, ca)?;
         let (client, conn) = cfg.connect(tls).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let rows = client.query(sql, &[]).await.map_err(|e| e.to_string())?;

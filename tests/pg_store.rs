@@ -9,7 +9,8 @@
 
 use flexgate::config;
 use flexgate::keys::store::{KeyFile, StoredKey};
-use flexgate::store::postgres::{MigrationReport, PgStore, SCHEMA_VERSION};
+use flexgate::store::migrate::{MigrationReport, SCHEMA_VERSION};
+use flexgate::store::postgres::PgStore;
 use flexgate::store::{AuditEntry, AuditQuery, State, Store, StoreError, Versioned};
 use serde_json::json;
 use std::time::{Duration, Instant};

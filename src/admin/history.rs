@@ -3,12 +3,14 @@
 //!
 //! Owns the query parameters (RFC 3339 `from`/`to`, `granularity`), their
 //! checks (400 naming the parameter) and the answer's shape; the rows come
-//! from the PostgreSQL store (`history::rollups`). Nothing is computed
+//! from PostgreSQL through the admin state's roll-up reader
+//! (`history::rollups`, present in database mode). Nothing is computed
 //! here: the maintenance task wrote the roll-ups.
 
 use super::api::{ApiError, FieldError};
 use super::AdminState;
 use crate::history::rollups::{Granularity, RollupRow};
+use crate::store::StoreError;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -106,14 +108,18 @@ pub(crate) async fn history_range(
     params: &HistoryParams,
 ) -> Result<serde_json::Value, ApiError> {
     let (granularity, from, to) = parse_range(params, Utc::now())?;
-    let Some(pg) = st.store.postgres() else {
+    let Some(reader) = &st.history else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_database_mode",
             "request history is recorded in database mode only (set DATABASE_URL or database.url)",
         ));
     };
-    let rows = pg.history_rollups(granularity, from, to).await?;
+    // Database failures answer as the store's do (503 unavailable, 500 invalid).
+    let rows = reader
+        .read(granularity, from, to)
+        .await
+        .map_err(StoreError::from)?;
     let body = group(granularity, from, to, rows);
     serde_json::to_value(body).map_err(|e| {
         ApiError::new(

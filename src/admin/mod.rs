@@ -77,6 +77,8 @@ pub struct AdminState {
     pub redis: Option<Arc<crate::limit::redis::RedisLimiter>>,
     /// Where writes are persisted.
     pub store: Arc<dyn Store>,
+    /// The request-history roll-ups (database mode; `None`: no database).
+    pub history: Option<crate::history::rollups::RollupReader>,
     pub sessions: Arc<session::Sessions>,
     /// `/health*` and `/metrics` without credentials (default true).
     pub public_endpoints: bool,
@@ -94,6 +96,7 @@ impl AdminState {
         let handle = Arc::new(handle);
         Ok(AdminState {
             store: crate::store::embedded::FileStore::for_handle(&handle, &file),
+            history: None,
             config: handle,
             token: boot.admin_token.as_deref().map(Arc::from),
             token_weak: crate::config::admin_token_warning(&file).map(Arc::from),

@@ -23,7 +23,8 @@
 //!    dropped (and such rows in the DEFAULT partition deleted); roll-ups
 //!    older than `history.rollupRetentionDays` are deleted.
 
-use super::{connect, error_text, Settings};
+use super::{connect, Settings};
+use crate::pg;
 use async_trait::async_trait;
 use chrono::{Days, NaiveDate};
 use pingora_core::server::ShutdownWatch;
@@ -132,7 +133,7 @@ impl BackgroundService for HistoryMaintenance {
 pub async fn run(client: &mut Client, settings: &Settings) -> Result<RunReport, String> {
     let e = |what: &str| {
         let what = what.to_string();
-        move |err: tokio_postgres::Error| format!("{what}: {}", error_text(&err))
+        move |err: tokio_postgres::Error| format!("{what}: {}", pg::message(&err))
     };
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
@@ -183,7 +184,7 @@ pub fn partition_day(name: &str) -> Option<NaiveDate> {
 /// and the partitions created.
 pub async fn ensure_partitions(client: &mut Client) -> Result<(NaiveDate, Vec<String>), String> {
     let e = |what: &'static str| {
-        move |err: tokio_postgres::Error| format!("{what}: {}", error_text(&err))
+        move |err: tokio_postgres::Error| format!("{what}: {}", pg::message(&err))
     };
     let tx = client.transaction().await.map_err(e("partitions"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
@@ -219,7 +220,7 @@ async fn partitions(client: &impl GenericClient) -> Result<Vec<String>, String> 
             &[],
         )
         .await
-        .map_err(|err| format!("listing partitions: {}", error_text(&err)))?;
+        .map_err(|err| format!("listing partitions: {}", pg::message(&err)))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -246,7 +247,7 @@ async fn create_partition(tx: &impl GenericClient, day: NaiveDate) -> Result<(),
     );
     tx.batch_execute(&sql)
         .await
-        .map_err(|err| format!("creating partition {name}: {}", error_text(&err)))
+        .map_err(|err| format!("creating partition {name}: {}", pg::message(&err)))
 }
 
 /// Recomputes the current and previous hour and day; returns the roll-up
@@ -280,7 +281,7 @@ async fn refresh_rollups(client: &Client) -> Result<u64, String> {
         rows += client
             .execute(&sql, &[])
             .await
-            .map_err(|err| format!("{unit}ly roll-up: {}", error_text(&err)))?;
+            .map_err(|err| format!("{unit}ly roll-up: {}", pg::message(&err)))?;
     }
     Ok(rows)
 }
@@ -301,7 +302,7 @@ async fn apply_retention(
             client
                 .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
                 .await
-                .map_err(|err| format!("dropping partition {name}: {}", error_text(&err)))?;
+                .map_err(|err| format!("dropping partition {name}: {}", pg::message(&err)))?;
             dropped.push(name);
         }
     }
@@ -312,7 +313,7 @@ async fn apply_retention(
             &[],
         )
         .await
-        .map_err(|err| format!("raw retention: {}", error_text(&err)))?;
+        .map_err(|err| format!("raw retention: {}", pg::message(&err)))?;
     let days = i32::try_from(settings.rollup_retention_days).unwrap_or(i32::MAX);
     for table in [
         "flexgate_request_stats_hourly",
@@ -324,7 +325,7 @@ async fn apply_retention(
                 &[&days],
             )
             .await
-            .map_err(|err| format!("roll-up retention ({table}): {}", error_text(&err)))?;
+            .map_err(|err| format!("roll-up retention ({table}): {}", pg::message(&err)))?;
     }
     Ok(dropped)
 }

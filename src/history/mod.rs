@@ -11,7 +11,8 @@
 //! - `maintenance.rs`: the background service creating day partitions,
 //!   recomputing roll-ups and applying retention, once per interval on one
 //!   node at a time (advisory lock).
-//! - `rollups.rs`: reading the roll-ups back (`GET /api/metrics/history`).
+//! - `rollups.rs`: reading the roll-ups back (`GET /api/metrics/history`),
+//!   on the database's shared pool ([`rollups::RollupReader`]).
 //!
 //! # What must not happen here
 //!
@@ -181,20 +182,18 @@ pub fn queue(capacity: usize) -> (HistorySink, mpsc::Receiver<HistoryRecord>) {
     (HistorySink { queue: tx }, rx)
 }
 
-/// A connection of its own to the history database (not the config store's
-/// pool: a slow history write must never hold a connection the admin API
-/// or the config sync needs), through the config store's TLS connector.
-/// Every statement is bounded server-side.
+/// A connection of its own to the history database (not the shared pool:
+/// a slow history write must never hold a connection the admin API or the
+/// config sync needs), through the one PostgreSQL TLS connector
+/// ([`crate::pg::tls`]). Every statement is bounded server-side.
 pub(crate) async fn connect(
     settings: &Settings,
     application: &str,
     statement_timeout: Duration,
 ) -> Result<tokio_postgres::Client, String> {
-    // The config store's TLS connector: same sslmode, same CA.
-    let (mut cfg, tls) = crate::store::pg_tls::resolve(
-        &settings.database_url,
-        settings.database_ca_file.as_deref(),
-    )?;
+    // The connector of every database connection: same sslmode, same CA.
+    let (mut cfg, tls) =
+        crate::pg::tls::resolve(&settings.database_url, settings.database_ca_file.as_deref())?;
     cfg.connect_timeout(Duration::from_secs(2));
     let ours = format!("-c statement_timeout={}", statement_timeout.as_millis());
     let options = match cfg.get_options() {
@@ -206,7 +205,7 @@ pub(crate) async fn connect(
     let (client, connection) = tokio::time::timeout(Duration::from_secs(3), cfg.connect(tls))
         .await
         .map_err(|_| "no answer within 3 s".to_string())?
-        .map_err(|e| error_text(&e))?;
+        .map_err(|e| crate::pg::message(&e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("request history connection ended: {e}");
@@ -214,9 +213,6 @@ pub(crate) async fn connect(
     });
     Ok(client)
 }
-
-/// A driver error with its causes (the server's own message when it sent one).
-pub(crate) use crate::store::postgres::pg_message as error_text;
 
 #[cfg(test)]
 mod tests {

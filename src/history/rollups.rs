@@ -1,7 +1,11 @@
 //! Reading the roll-ups back: the rows of `flexgate_request_stats_hourly`
 //! or `_daily` in a time range, for the admin API. Read-only; the rows are
 //! written by `maintenance.rs`.
+//!
+//! [`RollupReader`] reads them on the database's shared connection pool
+//! (handed over at start in database mode), bounded like every pooled call.
 
+use crate::pg::{PgError, PgPool, OP_TIMEOUT};
 use chrono::{DateTime, Utc};
 
 /// The roll-up to read.
@@ -54,6 +58,41 @@ pub struct RollupRow {
     pub p99_ms: f64,
     pub bytes_in: i64,
     pub bytes_out: i64,
+}
+
+/// Reads the roll-ups for the admin API (database mode).
+#[derive(Clone, Debug)]
+pub struct RollupReader {
+    pool: PgPool,
+}
+
+impl RollupReader {
+    /// A reader on `pool`.
+    pub fn new(pool: PgPool) -> RollupReader {
+        RollupReader { pool }
+    }
+
+    /// The buckets overlapping `[from, to)`, by route then time (bounded by
+    /// the pool's timeouts and [`OP_TIMEOUT`]).
+    pub async fn read(
+        &self,
+        granularity: Granularity,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RollupRow>, PgError> {
+        let c = self.pool.client().await?;
+        let out = self
+            .pool
+            .bounded(OP_TIMEOUT, async {
+                read(&c, granularity, from, to)
+                    .await
+                    .map_err(|e| self.pool.error("request history", e))
+            })
+            .await;
+        self.pool
+            .release(c, matches!(out, Err(PgError::Unavailable(_))));
+        out
+    }
 }
 
 /// The buckets overlapping `[from, to)`, by route then time.

@@ -16,7 +16,8 @@
 //! On shutdown the writer keeps writing while in-flight requests drain;
 //! what is still queued when the process exits is lost.
 
-use super::{connect, error_text, HistoryRecord, Settings};
+use super::{connect, HistoryRecord, Settings};
+use crate::pg;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -184,7 +185,7 @@ impl HistoryWriter {
                 .await
                 {
                     Ok(Ok(written)) => Ok(written),
-                    Ok(Err(e)) => Err(error_text(&e)),
+                    Ok(Err(e)) => Err(pg::message(&e)),
                     Err(_) => Err(format!("no answer within {} s", WRITE_TIMEOUT.as_secs())),
                 }
             }

@@ -11,7 +11,8 @@
 //!   the audit log is a rotated JSON-lines file beside them.
 //! - `postgres::PgStore` (`DATABASE_URL`): tables per resource, a version
 //!   row, and the audit log, written in one transaction with optimistic
-//!   concurrency.
+//!   concurrency, on the database's connection pool ([`crate::pg`]);
+//!   [`migrate`] applies the database's schema.
 //!
 //! Every write goes through [`Store::commit`] with the version the writer
 //! started from: a store that holds another version answers
@@ -19,7 +20,7 @@
 //! the admin layer validates and compiles before it commits.
 
 pub mod embedded;
-pub mod pg_tls;
+pub mod migrate;
 pub mod postgres;
 pub mod sync;
 
@@ -144,6 +145,16 @@ pub enum StoreError {
     Invalid(String),
 }
 
+/// A database failure is the store's: the same two kinds.
+impl From<crate::pg::PgError> for StoreError {
+    fn from(e: crate::pg::PgError) -> StoreError {
+        match e {
+            crate::pg::PgError::Unavailable(m) => StoreError::Unavailable(m),
+            crate::pg::PgError::Invalid(m) => StoreError::Invalid(m),
+        }
+    }
+}
+
 /// A place the managed config lives.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -173,12 +184,6 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store answers (readiness). The embedded store always does.
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
-    }
-
-    /// The PostgreSQL store, in database mode (what only lives there, such
-    /// as the request history, is read through it).
-    fn postgres(&self) -> Option<&postgres::PgStore> {
-        None
     }
 }
 

@@ -32,123 +32,40 @@
 //!   version and appends the audit entries. Any error rolls everything back:
 //!   a failed commit leaves no row and no audit entry behind.
 //!
-//! # TLS
+//! # Connections and migrations
 //!
-//! `sslmode` (and `sslrootcert`) in the URL, or `database.caFile`, choose
-//! how the connection is encrypted and what is verified; the same
-//! connector serves every connection to the database ([`super::pg_tls`]).
-//!
-//! # Time bounds
-//!
-//! Connections are made lazily (none by [`PgStore::new`]) on the current
-//! tokio runtime, pooled, and recycled after a cheap liveness check. Every
-//! call is bounded: connecting 2 s (TCP connect and, through the pool's
-//! create timeout, the whole handshake), waiting for a pooled connection
-//! 2 s, each statement 5 s (`statement_timeout`, set per connection), and the
-//! whole operation 6 s on the client side (so a frozen server cannot hang a
-//! caller either). A transaction left idle by a vanished client is ended by
-//! the server after 10 s (`idle_in_transaction_session_timeout`), releasing
-//! the version-row lock. Failures to reach or use the database are
-//! [`StoreError::Unavailable`] with the cause; a connection that failed or
-//! timed out is discarded, not returned to the pool.
-//!
-//! # Migrations
-//!
-//! The schema is created by versioned SQL files in `migrations/`
-//! (`V<n>__<name>.sql`, embedded in the binary), applied by
-//! [`PgStore::migrate`] (`flexgate migrate`). Each runs in its own
-//! transaction under a transaction-level advisory lock, so concurrent runs
-//! from several nodes apply each file once; applied versions and checksums
-//! are recorded in `flexgate_schema_history`, and a second run is a no-op.
-//! Rules: an applied file is never edited (its checksum is checked) — a
-//! change is a new file with the next version; a database whose schema is
-//! newer than the binary knows is refused ("upgrade flexgate"), never
-//! downgraded.
+//! The store works on a [`PgPool`] ([`crate::pg`]): TLS as `sslmode` says,
+//! every call bounded, failures to reach or use the database
+//! [`StoreError::Unavailable`] with the cause. The version-row lock is
+//! released by the server when a vanished client leaves its transaction
+//! idle. The schema is applied by [`super::migrate`] ([`PgStore::migrate`],
+//! `flexgate migrate`).
 
+use super::migrate::{self, MigrationReport};
 use super::{AuditEntry, AuditPage, AuditQuery, State, Store, StoreError, Versioned};
 use crate::config::{
     DynamicConfig, LoggingSection, ProxyDefaults, RateLimitSection, RouteConfig, SecuritySection,
     UpstreamConfig, WebhookConfig,
 };
 use crate::keys::store::{KeyFile, StoredKey};
+use crate::pg::{PgPool, OP_TIMEOUT};
 use async_trait::async_trait;
-use deadpool_postgres::{
-    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
-    TimeoutType,
-};
+use deadpool_postgres::{GenericClient, Object};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::time::Duration;
-use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
 
-/// TCP connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Waiting for a pooled connection, creating one (handshake included),
-/// recycling one.
-const POOL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Server-side limit of one statement (milliseconds).
-const STATEMENT_TIMEOUT_MS: u64 = 5_000;
-/// Server-side limit of a transaction left idle (milliseconds).
-const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
-/// Client-side limit of a whole operation (after a connection was obtained).
-const OP_TIMEOUT: Duration = Duration::from_secs(6);
-/// Client-side limit of a whole migration run.
-const MIGRATE_TIMEOUT: Duration = Duration::from_secs(35);
-/// Server-side statement limit inside a migration transaction (milliseconds).
-const MIGRATE_STATEMENT_TIMEOUT_MS: u64 = 30_000;
-/// Connections per process.
-const POOL_SIZE: usize = 8;
-/// Advisory lock held by a migration transaction (`FlexGate` in ASCII).
-const MIGRATION_LOCK: i64 = 0x466c_6578_4761_7465;
-/// Applied migrations.
-const HISTORY_TABLE: &str = "flexgate_schema_history";
-
-/// One embedded migration file.
-struct Migration {
-    version: u32,
-    name: &'static str,
-    sql: &'static str,
-}
-
-/// Every migration, in version order (`migrations/V<n>__<name>.sql`).
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "config_store",
-        sql: include_str!("../../migrations/V1__config_store.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "request_history",
-        sql: include_str!("../../migrations/V2__request_history.sql"),
-    },
-];
-
-/// The newest schema version this binary knows.
-pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
-
-/// What [`PgStore::migrate_report`] did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MigrationReport {
-    /// Schema version after the run.
-    pub version: u32,
-    /// Versions applied by this run (empty: it was up to date).
-    pub applied: Vec<u32>,
-}
-
 /// The PostgreSQL config store.
 pub struct PgStore {
-    pool: Pool,
-    /// `host:port/dbname`, for messages (never the password).
-    target: String,
+    pool: PgPool,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
-            .field("target", &self.target)
+            .field("target", &self.pool.target())
             .finish_non_exhaustive()
     }
 }
@@ -162,52 +79,21 @@ impl PgStore {
     }
 
     /// As [`PgStore::new`], with `database.caFile` for `sslmode=verify-ca`
-    /// / `verify-full` (see [`super::pg_tls`]; a `sslrootcert=` in the URL
+    /// / `verify-full` (see [`crate::pg::tls`]; a `sslrootcert=` in the URL
     /// wins). An unreadable CA file is [`StoreError::Invalid`].
     pub fn with_ca(url: &str, ca_file: Option<&str>) -> Result<PgStore, StoreError> {
-        let (mut cfg, tls) = super::pg_tls::resolve(url, ca_file).map_err(StoreError::Invalid)?;
-        if cfg.get_hosts().is_empty() && cfg.get_hostaddrs().is_empty() {
-            return Err(StoreError::Invalid(
-                "invalid database URL: it names no host (e.g. postgres://user@127.0.0.1:5432/flexgate)"
-                    .into(),
-            ));
-        }
-        let target = describe(&cfg);
-        cfg.connect_timeout(CONNECT_TIMEOUT);
-        // Ours first: settings given in the URL win.
-        let ours = format!(
-            "-c statement_timeout={STATEMENT_TIMEOUT_MS} \
-             -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
-        );
-        let options = match cfg.get_options() {
-            Some(o) if !o.trim().is_empty() => format!("{ours} {o}"),
-            _ => ours,
-        };
-        cfg.options(options);
-        if cfg.get_application_name().is_none() {
-            cfg.application_name("flexgate");
-        }
-        let manager = Manager::from_config(
-            cfg,
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .wait_timeout(Some(POOL_TIMEOUT))
-            .create_timeout(Some(POOL_TIMEOUT))
-            .recycle_timeout(Some(POOL_TIMEOUT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Invalid(format!("database pool: {e}")))?;
-        Ok(PgStore { pool, target })
+        Ok(PgStore::with_pool(PgPool::new(url, ca_file)?))
+    }
+
+    /// A store on `pool` (which others, such as the request history, may
+    /// share).
+    pub fn with_pool(pool: PgPool) -> PgStore {
+        PgStore { pool }
     }
 
     /// `host:port/dbname` of the database (no credentials).
     pub fn target(&self) -> &str {
-        &self.target
+        self.pool.target()
     }
 
     /// Readiness probe: `SELECT 1`.
@@ -230,149 +116,15 @@ impl PgStore {
         self.migrate_report().await.map(|r| r.version)
     }
 
-    /// Applies the pending migrations (each in its own transaction, under an
-    /// advisory lock); reports the version after and what was applied.
-    /// A database newer than [`SCHEMA_VERSION`] is [`StoreError::Invalid`].
+    /// Applies the pending migrations and reports what was applied
+    /// ([`migrate::run`]).
     pub async fn migrate_report(&self) -> Result<MigrationReport, StoreError> {
-        let mut c = self.client().await?;
-        let out = self
-            .bounded(MIGRATE_TIMEOUT, async {
-                let mut applied = Vec::new();
-                loop {
-                    match self.migrate_step(&mut c).await? {
-                        Step::Applied(v) => applied.push(v),
-                        Step::UpToDate(version) => return Ok(MigrationReport { version, applied }),
-                    }
-                }
-            })
-            .await;
-        self.release(c, &out);
-        out
-    }
-
-    /// One transaction: lock, read the history, apply the next migration.
-    async fn migrate_step(&self, c: &mut Object) -> Result<Step, StoreError> {
-        let e = |e| self.pg_error("migrate", e);
-        let tx = c.transaction().await.map_err(e)?;
-        tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = {MIGRATE_STATEMENT_TIMEOUT_MS}"
-        ))
-        .await
-        .map_err(e)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(e)?;
-        tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (
-                version    integer     PRIMARY KEY,
-                name       text        NOT NULL,
-                checksum   text        NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )"
-        ))
-        .await
-        .map_err(e)?;
-        let rows = tx
-            .query(
-                &format!("SELECT version, name, checksum FROM {HISTORY_TABLE} ORDER BY version"),
-                &[],
-            )
-            .await
-            .map_err(e)?;
-        let mut current = 0u32;
-        for row in &rows {
-            let version: i32 = row.get(0);
-            let version = u32::try_from(version).unwrap_or(0);
-            let (name, checksum): (String, String) = (row.get(1), row.get(2));
-            current = current.max(version);
-            if let Some(m) = MIGRATIONS.iter().find(|m| m.version == version) {
-                if checksum != sql_checksum(m.sql) {
-                    return Err(StoreError::Invalid(format!(
-                        "migration V{version}__{name} applied to the database differs from \
-                         V{}__{} in this flexgate (checksum mismatch); applied migrations must \
-                         never be edited",
-                        m.version, m.name
-                    )));
-                }
-            }
-        }
-        if current > SCHEMA_VERSION {
-            return Err(StoreError::Invalid(format!(
-                "database schema is at version {current} but this flexgate knows up to \
-                 {SCHEMA_VERSION}; upgrade flexgate"
-            )));
-        }
-        let Some(m) = MIGRATIONS.iter().find(|m| m.version > current) else {
-            tx.commit().await.map_err(e)?;
-            return Ok(Step::UpToDate(current));
-        };
-        tx.batch_execute(m.sql)
-            .await
-            .map_err(|err| self.pg_error(&format!("migration V{}__{}", m.version, m.name), err))?;
-        tx.execute(
-            &format!("INSERT INTO {HISTORY_TABLE} (version, name, checksum) VALUES ($1, $2, $3)"),
-            &[&(m.version as i32), &m.name, &sql_checksum(m.sql)],
-        )
-        .await
-        .map_err(e)?;
-        tx.commit().await.map_err(e)?;
-        tracing::info!(
-            target = %self.target,
-            "applied schema migration V{}__{}",
-            m.version,
-            m.name
-        );
-        Ok(Step::Applied(m.version))
-    }
-
-    /// The request-history roll-ups overlapping `[from, to)` (bounded like
-    /// every store call).
-    pub async fn history_rollups(
-        &self,
-        granularity: crate::history::rollups::Granularity,
-        from: chrono::DateTime<chrono::Utc>,
-        to: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<crate::history::rollups::RollupRow>, StoreError> {
-        let c = self.client().await?;
-        let out = self
-            .bounded(OP_TIMEOUT, async {
-                crate::history::rollups::read(&c, granularity, from, to)
-                    .await
-                    .map_err(|e| self.pg_error("request history", e))
-            })
-            .await;
-        self.release(c, &out);
-        out
+        migrate::run(&self.pool).await
     }
 
     /// A pooled connection (bounded by the pool timeouts).
     async fn client(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(|e| match e {
-            PoolError::Timeout(TimeoutType::Wait) => StoreError::Unavailable(format!(
-                "no free PostgreSQL connection to {} within {}s (all {POOL_SIZE} busy)",
-                self.target,
-                POOL_TIMEOUT.as_secs()
-            )),
-            PoolError::Timeout(TimeoutType::Create) => StoreError::Unavailable(format!(
-                "cannot connect to PostgreSQL at {}: no answer within {}s",
-                self.target,
-                POOL_TIMEOUT.as_secs()
-            )),
-            PoolError::Timeout(TimeoutType::Recycle) => StoreError::Unavailable(format!(
-                "PostgreSQL at {} did not answer a liveness check within {}s",
-                self.target,
-                POOL_TIMEOUT.as_secs()
-            )),
-            PoolError::Backend(e) => StoreError::Unavailable(format!(
-                "cannot connect to PostgreSQL at {}: {}",
-                self.target,
-                pg_message(&e)
-            )),
-            other => StoreError::Unavailable(format!(
-                "cannot connect to PostgreSQL at {}: {other}",
-                self.target
-            )),
-        })
+        Ok(self.pool.client().await?)
     }
 
     /// Runs `op` with a client-side time limit.
@@ -381,58 +133,19 @@ impl PgStore {
         limit: Duration,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(format!(
-                "PostgreSQL at {} did not answer within {}s",
-                self.target,
-                limit.as_secs()
-            )))
-        })
+        self.pool.bounded(limit, op).await
     }
 
     /// Returns the connection to the pool, or discards it when the
-    /// operation failed for want of the database (it may be broken or hung
-    /// mid-query).
+    /// operation failed for want of the database.
     fn release<T>(&self, c: Object, out: &Result<T, StoreError>) {
-        if matches!(out, Err(StoreError::Unavailable(_))) || c.is_closed() {
-            drop(Object::take(c));
-        }
+        self.pool
+            .release(c, matches!(out, Err(StoreError::Unavailable(_))));
     }
 
-    /// Maps a driver error: data and constraint errors are `Invalid`,
-    /// everything else (connection, timeout, server state) `Unavailable`.
+    /// Maps a driver error ([`PgPool::error`]).
     fn pg_error(&self, what: &str, e: tokio_postgres::Error) -> StoreError {
-        let Some(db) = e.as_db_error() else {
-            return StoreError::Unavailable(format!(
-                "{what}: PostgreSQL at {}: {}",
-                self.target,
-                pg_message(&e)
-            ));
-        };
-        let code = db.code().code();
-        // Only a duplicate key's detail: others (a check violation's
-        // "failing row") could echo values that belong in no log.
-        let detail = match (code, db.detail()) {
-            ("23505", Some(d)) => format!(" ({d})"),
-            _ => String::new(),
-        };
-        let msg = format!("{what}: {}{detail} [SQLSTATE {code}]", db.message());
-        match code {
-            "42P01" => StoreError::Invalid(format!(
-                "{what}: the config store schema is missing in {} ({}); run `flexgate migrate`",
-                self.target,
-                db.message()
-            )),
-            "57014" => StoreError::Unavailable(format!(
-                "{what}: statement cancelled by PostgreSQL at {} (timeout {}s)",
-                self.target,
-                STATEMENT_TIMEOUT_MS / 1000
-            )),
-            c if c.starts_with("22") || c.starts_with("23") || c.starts_with("42") => {
-                StoreError::Invalid(msg)
-            }
-            _ => StoreError::Unavailable(format!("{msg} at {}", self.target)),
-        }
+        self.pool.error(what, e).into()
     }
 
     async fn load_in(&self, c: &mut Object) -> Result<Option<Versioned>, StoreError> {
@@ -703,11 +416,6 @@ impl PgStore {
     }
 }
 
-enum Step {
-    Applied(u32),
-    UpToDate(u32),
-}
-
 /// The rows of a state, as JSON arrays for one bulk insert per table.
 struct Rows {
     routes: Value,
@@ -798,55 +506,6 @@ fn setting<T: serde::de::DeserializeOwned>(name: &str, body: Value) -> Result<T,
         .map_err(|e| StoreError::Invalid(format!("settings row {name:?} cannot be read back: {e}")))
 }
 
-/// SHA-256 hex of a migration's text (line endings normalised).
-fn sql_checksum(sql: &str) -> String {
-    let text = sql.replace("\r\n", "\n");
-    crate::keys::to_hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
-}
-
-/// `host:port/dbname` of a config, for messages.
-fn describe(cfg: &tokio_postgres::Config) -> String {
-    let port = |i: usize| {
-        cfg.get_ports()
-            .get(i)
-            .or(cfg.get_ports().first())
-            .copied()
-            .unwrap_or(5432)
-    };
-    let hosts: Vec<String> = if cfg.get_hosts().is_empty() {
-        cfg.get_hostaddrs()
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{a}:{}", port(i)))
-            .collect()
-    } else {
-        cfg.get_hosts()
-            .iter()
-            .enumerate()
-            .map(|(i, h)| match h {
-                Host::Tcp(name) => format!("{name}:{}", port(i)),
-                #[cfg(unix)]
-                Host::Unix(path) => format!("{}:{}", path.display(), port(i)),
-            })
-            .collect()
-    };
-    format!(
-        "{}/{}",
-        hosts.join(","),
-        cfg.get_dbname().or(cfg.get_user()).unwrap_or("postgres")
-    )
-}
-
-/// A driver error's message (the database's own words when it has them,
-/// else the error and its causes: `error connecting to server: Connection
-/// refused (os error 111)`).
-pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} [SQLSTATE {}]", db.message(), db.code().code());
-    }
-    crate::deps_tls::error_chain(e)
-}
-
 #[async_trait]
 impl Store for PgStore {
     fn kind(&self) -> &'static str {
@@ -855,10 +514,6 @@ impl Store for PgStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         PgStore::ping(self).await
-    }
-
-    fn postgres(&self) -> Option<&PgStore> {
-        Some(self)
     }
 
     async fn load(&self) -> Result<Option<Versioned>, StoreError> {
@@ -922,31 +577,5 @@ mod tests {
         let s = PgStore::new("postgres://fg:secret@db.internal:6543/flexgate").unwrap();
         assert_eq!(s.target(), "db.internal:6543/flexgate");
         assert!(!format!("{s:?}").contains("secret"));
-    }
-
-    #[test]
-    fn every_migration_file_is_embedded_in_order() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut files: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".sql"))
-            .collect();
-        files.sort_by_key(|n| {
-            n.trim_start_matches('V')
-                .split("__")
-                .next()
-                .and_then(|v| v.parse::<u32>().ok())
-        });
-        let embedded: Vec<String> = MIGRATIONS
-            .iter()
-            .map(|m| format!("V{}__{}.sql", m.version, m.name))
-            .collect();
-        assert_eq!(files, embedded, "migrations/ and MIGRATIONS must match");
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1, "versions are 1, 2, 3 …");
-            let text = std::fs::read_to_string(dir.join(&embedded[i])).unwrap();
-            assert_eq!(sql_checksum(&text), sql_checksum(m.sql));
-        }
     }
 }
