@@ -23,7 +23,8 @@ use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
-use pingora_core::services::background::background_service;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +36,40 @@ use std::time::Duration;
 /// (`proxy::edge`), so a per-connection buffer would only hold memory while
 /// the connection idles.
 const L4_READ_BUFFER: usize = 0;
+
+/// The gateway's background tasks (config reloads and sync, health checks,
+/// JWKS, request history, cluster telemetry, the Redis limiter's
+/// connection), all on one runtime thread. They are timers and network
+/// waits: a thread and a runtime each cost memory and cross-thread
+/// wake-ups for nothing.
+#[derive(Default)]
+struct BackgroundTasks(Vec<(&'static str, Arc<dyn BackgroundService + Send + Sync>)>);
+
+impl BackgroundTasks {
+    fn add(&mut self, name: &'static str, task: impl BackgroundService + Send + Sync + 'static) {
+        self.0.push((name, Arc::new(task)));
+    }
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for BackgroundTasks {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let running: Vec<_> = self
+            .0
+            .iter()
+            .map(|(name, task)| {
+                let (name, task, shutdown) = (*name, task.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    task.start(shutdown).await;
+                    tracing::debug!(task = name, "background task ended");
+                })
+            })
+            .collect();
+        for task in running {
+            let _ = task.await;
+        }
+    }
+}
 
 /// What `flexgate start` was asked to do.
 pub struct StartOptions {
@@ -296,6 +331,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let mut background = BackgroundTasks::default();
     // Everything that can fail is checked before `bootstrap`, which (with
     // `-u`) takes the listening sockets from the running process: a failure
     // after that point would leave nobody serving.
@@ -338,28 +374,28 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         .clone()
         .map(|url| RedisLimiter::with_ca(url, redis_ca));
     if let Some(limiter) = &redis {
-        server.add_service(background_service(
+        background.add(
             "redis rate limiter",
             RedisLimiterService {
                 limiter: limiter.clone(),
             },
-        ));
+        );
     }
     // Request history is a boot setting: read once at start.
     let history_settings = crate::history::Settings::resolve(&file, database.as_deref());
     crate::history::set_recording(history_settings.is_some());
     let history = history_settings.map(|settings| {
         let (sink, queue) = crate::history::queue(settings.queue_size);
-        server.add_service(background_service(
+        background.add(
             "request history maintenance",
             HistoryMaintenance {
                 settings: settings.clone(),
             },
-        ));
-        server.add_service(background_service(
+        );
+        background.add(
             "request history writer",
             HistoryWriter::new(settings, queue),
-        ));
+        );
         sink
     });
     let counters = Arc::new(ConnCounters::default());
@@ -394,7 +430,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
                 .map_err(|e| StoreError::from(e).to_string())?;
             let pg: Arc<dyn Store> = Arc::new(PgStore::with_pool(pool.clone()));
             let (tx, rx) = sync::channel();
-            server.add_service(background_service(
+            background.add(
                 "config sync",
                 sync::SyncService {
                     config: handle.clone(),
@@ -405,7 +441,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
                     cache: sync::cache_path(&opts.config_path),
                     committed: tokio::sync::Mutex::new(Some(rx)),
                 },
-            ));
+            );
             let notify: crate::admin::OnCommit = Arc::new(move |v| {
                 let _ = tx.try_send(v);
             });
@@ -420,14 +456,14 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     // Cluster-wide metrics and alerts over NATS JetStream, in either store mode.
     let cluster = nats_url(&file).map(|url| {
         let feed = crate::live::cluster::ClusterFeed::new();
-        server.add_service(background_service(
+        background.add(
             "cluster telemetry",
             crate::live::cluster::ClusterService {
                 feed: feed.clone(),
                 url,
                 ca_file: nats_ca_file(&file),
             },
-        ));
+        );
         feed
     });
     let admin_state = crate::admin::AdminState {
@@ -464,14 +500,14 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
     admin.threads = Some(1);
     admin.add_tcp(&boot.admin_listen.to_string());
     server.add_service(admin);
-    server.add_service(background_service(
+    background.add(
         "config reloader",
         ReloadService {
             handle: handle.clone(),
             poll_interval: Duration::from_secs(1),
         },
-    ));
-    server.add_service(background_service(
+    );
+    background.add(
         "jwks fetcher",
         crate::jwt::jwks::JwksService::new({
             let handle = handle.clone();
@@ -486,13 +522,14 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
                     })
             }
         }),
-    ));
-    server.add_service(background_service(
+    );
+    background.add(
         "health checker",
         HealthChecker {
             config: handle.clone(),
         },
-    ));
+    );
+    server.add_service(background_service("flexgate background", background));
 
     let snap = handle.current();
     // External services, passwords masked (`config::redact::url`).
