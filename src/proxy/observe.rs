@@ -63,7 +63,13 @@ pub fn finished(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &Reques
         request_error(req, ctx, status, e);
     }
     if let Some(history) = &gw.history {
-        history.record(history_record(req, ctx, status, bytes_in, bytes_out));
+        history.record(history_record(
+            req,
+            ctx,
+            status,
+            elapsed,
+            (bytes_in, bytes_out),
+        ));
     }
     let snap = &ctx.snap;
     if !snap.access_log {
@@ -196,10 +202,9 @@ fn history_record(
     req: &RequestHeader,
     ctx: &RequestCtx,
     status: u16,
-    bytes_in: u64,
-    bytes_out: u64,
+    duration: std::time::Duration,
+    (bytes_in, bytes_out): (u64, u64),
 ) -> crate::history::HistoryRecord {
-    let duration = ctx.timing.start.elapsed();
     crate::history::HistoryRecord {
         time: std::time::SystemTime::now()
             .checked_sub(duration)

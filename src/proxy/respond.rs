@@ -11,7 +11,7 @@
 use super::ctx::{Outcome, RequestCtx};
 use crate::limit::LimitRule;
 use bytes::Bytes;
-use http::{HeaderValue, Method};
+use http::Method;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -413,13 +413,6 @@ pub async fn send_options_asterisk(
     resp.insert_header("content-length", "0")?;
     resp.insert_header("x-request-id", ctx.request_id.clone())?;
     session.write_response_header(Box::new(resp), true).await
-}
-
-/// `HeaderValue` of a number without the formatting machinery.
-pub fn number_header(n: u64) -> HeaderValue {
-    let mut s = String::with_capacity(20);
-    push_u64(&mut s, n);
-    HeaderValue::from_str(&s).expect("digits are a valid header value")
 }
 
 /// Appends `n` in decimal (no formatting machinery on the request path).

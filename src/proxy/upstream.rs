@@ -146,8 +146,7 @@ pub fn connect_failed(peer: &HttpPeer, ctx: &RequestCtx, mut e: Box<Error>) -> B
                 serde_json::json!({"upstream": &*up.name, "target": up.targets[i].url, "reason": "ejected after consecutive connect failures"}),
             );
         }
-        let within_deadline = ctx.timing.deadline.is_none_or(|d| Instant::now() < d);
-        e.set_retry(ctx.upstream.count <= up.retries && within_deadline);
+        e.set_retry(ctx.upstream.count <= up.retries && !ctx.past_deadline());
     }
     e.more_context(format!("peer: {}", peer.address()))
 }
@@ -170,8 +169,7 @@ pub fn exchange_failed(
     let replayable = session.req_header().method.is_idempotent()
         || (route.retry_non_idempotent && !session.as_ref().retry_buffer_truncated());
     let nothing_sent_back = session.as_ref().response_written().is_none();
-    let within_deadline = ctx.timing.deadline.is_none_or(|d| Instant::now() < d);
-    if !(replayable && nothing_sent_back && within_deadline) {
+    if !(replayable && nothing_sent_back && !ctx.past_deadline()) {
         e.set_retry(false);
     } else if ctx.upstream.count <= route.upstream.retries {
         e.set_retry(true);
