@@ -85,10 +85,21 @@ impl Event {
         Event::ALL.into_iter().find(|e| e.name() == name)
     }
 
-    /// True when `pattern` (a subscription's filter) is a known event name
-    /// or `*`.
+    /// True when `pattern` (a subscription's filter) is `*`, a known event
+    /// name, or `<prefix>.*` matching at least one event
+    /// (`circuit_breaker.*`).
     pub fn is_known_filter(pattern: &str) -> bool {
-        pattern == "*" || Event::from_name(pattern).is_some()
+        Event::ALL.iter().any(|e| e.matches(pattern))
+    }
+
+    /// True when a subscription's filter `pattern` selects this event.
+    pub fn matches(self, pattern: &str) -> bool {
+        let name = self.name();
+        match pattern.strip_suffix('*') {
+            None => pattern == name,
+            Some("") => true,
+            Some(prefix) => prefix.ends_with('.') && name.starts_with(prefix),
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 //!   shared by the config store, the migrations and the request history;
 //! - [`clock`] — wall-clock seconds and RFC 3339 text;
 //! - [`atomic_file`] — files replaced whole (temp file, fsync, rename);
+//! - [`webhooks`] — signed, retried, coalesced, durable delivery of events;
 //! - [`server`] — process assembly; [`cli`] — the command line.
 
 pub mod accesslog;
@@ -41,3 +42,4 @@ pub mod runtime_dir;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod webhooks;

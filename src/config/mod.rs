@@ -32,7 +32,9 @@ pub use credentials::{JwtAlgorithm, KeyAlgorithm, KeyDigest, KeyKind, PublicKeyP
 pub use pattern::{HostPattern, PathPattern};
 pub use ssrf::{host_allowed, SsrfPolicy, METADATA_BLOCK};
 pub use text::{Cidr, FromText, Token, Written};
-pub use upstream::{parse_target_url, HashKey, ProbePath, TargetUrl, UpstreamRef};
+pub use upstream::{
+    parse_endpoint_url, parse_target_url, HashKey, ProbePath, TargetUrl, UpstreamRef,
+};
 
 pub use model::*;
 use std::fmt;

@@ -674,23 +674,52 @@ pub struct SamplingConfig {
     pub error_rate: Option<f64>,
 }
 
-/// One entry of `webhooks:` (delivery is performed by the webhook dispatcher).
+/// One entry of `webhooks:`: a subscription that receives events as signed
+/// POSTs (delivery, retries, coalescing and durability: [`crate::webhooks`]).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct WebhookConfig {
     pub id: Option<String>,
-    /// Where events are POSTed (`http://` or `https://`).
+    /// Where events are POSTed (`http://` or `https://`). The host passes
+    /// `security.allowedHosts`, and every address it resolves to passes the
+    /// SSRF policy, at config time and before every connection.
     #[schema(required = true, pattern = r"^https?://[^/?#\s]+")]
     pub url: String,
+    /// Event names or patterns (`*`, `circuit_breaker.*`); empty = every event.
     pub events: Vec<String>,
+    /// Default true. A subscription answered `410 Gone`, or failing for
+    /// `autoDisableAfter` straight, is disabled (audited, `webhook.disabled`).
     pub enabled: Option<bool>,
+    /// Retries after the first attempt (default 8, at most 20).
     pub max_retries: Option<u32>,
+    /// Delay before the first retry (default 1s); retry n waits a random time
+    /// up to `initialDelay × backoffMultiplier^(n-1)`, capped at `maxDelay`.
     pub initial_delay: Option<Millis>,
+    /// Default 2.0 (1.0–10.0).
     pub backoff_multiplier: Option<f64>,
+    /// Longest wait between two attempts (default 1h).
+    pub max_delay: Option<Millis>,
+    /// Connect timeout of one attempt (default 5s).
+    pub connect_timeout: Option<Millis>,
+    /// Whole-attempt timeout: connect, send, answer (default 15s).
+    pub timeout: Option<Millis>,
+    /// High-rate events (`request.error`, `rate_limit.exceeded`,
+    /// `auth.failure`) are aggregated over this window into one delivery
+    /// (default 10s, 1s–1h).
+    pub coalesce_window: Option<Millis>,
+    /// A subscription whose deliveries fail for this long without one
+    /// success is disabled (default 24h, at least 1s).
+    pub auto_disable_after: Option<Millis>,
+    /// Extra request headers (not `webhook-*`, `content-type`, `host`,
+    /// `content-length`).
     pub headers: BTreeMap<String, String>,
-    /// Secret the deliveries are signed with.
+    /// Secret the deliveries are signed with (`whsec_<base64>`, or any
+    /// other text used as bytes; at least 16 bytes).
     pub secret: Option<String>,
     /// File holding `secret` (read at load; trailing newline trimmed).
     /// Instead of `secret`; config file only.
     pub secret_file: Option<String>,
+    /// The secret being rotated out: while set, each delivery carries a
+    /// signature with both secrets.
+    pub previous_secret: Option<String>,
 }

@@ -72,7 +72,7 @@ pub fn url(url: &str) -> String {
 
 /// Keys whose string value is a secret wherever they appear.
 fn is_secret_key(k: &str) -> bool {
-    matches!(k, "secret" | "token" | "password")
+    matches!(k, "secret" | "previousSecret" | "token" | "password")
 }
 
 /// Keys whose string value is a URL that may carry a password.
@@ -184,6 +184,12 @@ pub fn keep_webhook(
         match old.and_then(|o| o.secret.clone()) {
             Some(s) => w.secret = Some(s),
             None => return Err(missing("secret".into())),
+        }
+    }
+    if w.previous_secret.as_deref() == Some(MARKER) {
+        match old.and_then(|o| o.previous_secret.clone()) {
+            Some(s) => w.previous_secret = Some(s),
+            None => return Err(missing("previousSecret".into())),
         }
     }
     for (name, v) in w.headers.iter_mut() {

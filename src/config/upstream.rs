@@ -74,6 +74,40 @@ pub fn parse_target_url(url: &str) -> Result<TargetUrl, String> {
     })
 }
 
+/// An outbound URL with a path (a webhook, a JWKS document): its target
+/// (`scheme://host[:port]`, as [`parse_target_url`]) and the request target
+/// sent to it (path and query; `/` when absent). Credentials and fragments
+/// are refused.
+pub fn parse_endpoint_url(url: &str) -> Result<(TargetUrl, String), String> {
+    let shown = super::redact::url(url);
+    let scheme_end = url
+        .find("://")
+        .ok_or_else(|| format!("{shown:?} must start with http:// or https://"))?
+        + 3;
+    if url.contains('#') {
+        return Err(format!("{shown:?} must not hold a fragment (#)"));
+    }
+    if url.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+        return Err(format!(
+            "{shown:?} must not hold spaces or control characters"
+        ));
+    }
+    let (base, path) = match url[scheme_end..].find(['/', '?']) {
+        Some(i) => (&url[..scheme_end + i], &url[scheme_end + i..]),
+        None => (url, "/"),
+    };
+    let target = parse_target_url(base)?;
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    if path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(format!("{shown:?}: invalid path {path:?}"));
+    }
+    Ok((target, path))
+}
+
 impl TargetUrl {
     /// The `Host` header naming this target: the host, with the port when
     /// it is not the scheme's default (an IPv6 address in brackets then).

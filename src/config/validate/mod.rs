@@ -41,7 +41,7 @@ pub fn validate(cfg: &FileConfig) -> Vec<ConfigError> {
     upstreams::check(e, &cfg.upstreams, &outbound);
     routes::check(e, cfg, &outbound);
     logging::check(e, &cfg.logging);
-    webhooks::check(e, &cfg.webhooks);
+    webhooks::check(e, &cfg.webhooks, &outbound);
     errs
 }
 

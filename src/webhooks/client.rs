@@ -1,0 +1,1 @@
+//! The outbound POST of one delivery attempt (to be written).

@@ -1,0 +1,1 @@
+//! The embedded delivery store (to be written).

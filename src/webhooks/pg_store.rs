@@ -1,0 +1,1 @@
+//! The database delivery store (to be written).
