@@ -20,6 +20,20 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// RFC 3339 UTC time with milliseconds (`2026-12-02T10:00:00.123Z`) of a
+/// Unix time in milliseconds.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let s = rfc3339(ms / 1000);
+    format!("{}.{:03}Z", s.trim_end_matches('Z'), ms % 1000)
+}
+
 /// RFC 3339 UTC time (second precision) of a Unix time.
 pub fn rfc3339(secs: u64) -> String {
     // Civil-from-days (Howard Hinnant), UTC.

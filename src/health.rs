@@ -16,9 +16,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A target that changed state.
+pub struct Transition<'a> {
+    pub upstream: &'a str,
+    pub target: &'a str,
+    pub healthy: bool,
+    /// The failed check's error (unhealthy only).
+    pub error: Option<&'a str>,
+}
+
 /// The health-check background service.
 pub struct HealthChecker {
     pub config: Arc<ConfigHandle>,
+    /// Told of every state change (the process emits `upstream.healthy` /
+    /// `upstream.unhealthy` on the event bus).
+    pub on_change: Box<dyn Fn(Transition<'_>) + Send + Sync>,
 }
 
 #[async_trait]
@@ -51,11 +63,18 @@ impl BackgroundService for HealthChecker {
                         spec.healthy_threshold,
                         spec.unhealthy_threshold,
                     ) {
+                        let error = result.err().map(|e| e.to_string());
                         if up_now {
                             tracing::info!(upstream = %up.name, target = %target.url, "target is healthy again");
                         } else {
-                            tracing::warn!(upstream = %up.name, target = %target.url, error = %result.err().map(|e| e.to_string()).unwrap_or_default(), "target marked unhealthy");
+                            tracing::warn!(upstream = %up.name, target = %target.url, error = %error.clone().unwrap_or_default(), "target marked unhealthy");
                         }
+                        (self.on_change)(Transition {
+                            upstream: &up.name,
+                            target: &target.url,
+                            healthy: up_now,
+                            error: error.as_deref(),
+                        });
                     }
                 }
             }

@@ -61,6 +61,33 @@ pub struct Metrics {
     pub history_dropped_write_failed: IntCounter,
     /// Request-history batches the database did not take.
     pub history_failed_batches: IntCounter,
+    /// Webhook deliveries finished or rescheduled, by subscription and
+    /// outcome (`succeeded`, `failed`, `retried`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Webhook attempts, by subscription and result (`2xx` … `5xx`,
+    /// `error`, `refused`).
+    pub webhook_attempts: IntCounterVec,
+    /// Duration of webhook attempts, by subscription.
+    pub webhook_attempt_duration: HistogramVec,
+    /// Deliveries waiting (stored and not yet stored), by subscription.
+    pub webhook_queue_depth: IntGaugeVec,
+    /// Events a subscription lost: its queue was full (or the bus moved on).
+    pub webhook_dropped: IntCounterVec,
+}
+
+impl Metrics {
+    /// Removes every webhook series of a subscription that no longer exists.
+    pub fn forget_webhook(&self, id: &str) {
+        for outcome in ["succeeded", "failed", "retried"] {
+            let _ = self.webhook_deliveries.remove_label_values(&[id, outcome]);
+        }
+        for result in ["2xx", "3xx", "4xx", "5xx", "1xx", "error", "refused"] {
+            let _ = self.webhook_attempts.remove_label_values(&[id, result]);
+        }
+        let _ = self.webhook_attempt_duration.remove_label_values(&[id]);
+        let _ = self.webhook_queue_depth.remove_label_values(&[id]);
+        let _ = self.webhook_dropped.remove_label_values(&[id]);
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -126,7 +153,43 @@ pub fn metrics() -> &'static Metrics {
             "Request-history records dropped, by reason (queue_full, write_failed).",
             &["reason"],
         );
+        let webhook_attempt_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "flexgate_webhook_attempt_duration_seconds",
+                "Duration of webhook delivery attempts, by subscription.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["webhook"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(webhook_attempt_duration.clone()))
+            .expect("unique metric");
         Metrics {
+            webhook_deliveries: counter_vec(
+                &r,
+                "flexgate_webhook_deliveries_total",
+                "Webhook deliveries by subscription and outcome (succeeded, failed: a dead letter, retried: rescheduled).",
+                &["webhook", "outcome"],
+            ),
+            webhook_attempts: counter_vec(
+                &r,
+                "flexgate_webhook_attempts_total",
+                "Webhook delivery attempts by subscription and result (2xx, 3xx, 4xx, 5xx, error, refused).",
+                &["webhook", "result"],
+            ),
+            webhook_attempt_duration,
+            webhook_queue_depth: gauge_vec(
+                &r,
+                "flexgate_webhook_queue_depth",
+                "Webhook deliveries waiting to be sent, by subscription.",
+                &["webhook"],
+            ),
+            webhook_dropped: counter_vec(
+                &r,
+                "flexgate_webhook_dropped_total",
+                "Events a webhook subscription lost because its queue was full.",
+                &["webhook"],
+            ),
             history_written: counter(
                 &r,
                 "flexgate_history_written_total",

@@ -218,10 +218,7 @@ impl ConfigHandle {
         self.live.store(Arc::new(snap));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version, "config applied");
-        crate::events::emit(
-            crate::events::Event::ConfigChanged,
-            serde_json::json!({"version": version}),
-        );
+        self.changed(version);
     }
 
     /// Re-reads the file and swaps the snapshot in when it is valid.
@@ -261,11 +258,24 @@ impl ConfigHandle {
         self.live.store(Arc::new(snap));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version, path = %self.path.display(), "config reloaded");
-        crate::events::emit(
-            crate::events::Event::ConfigChanged,
-            serde_json::json!({"version": version}),
-        );
+        self.changed(version);
         Ok(version)
+    }
+
+    /// Emits `config.changed`. In database mode the version is the
+    /// cluster's, and every node installs it: the event is named after the
+    /// version so webhooks deliver it once per cluster.
+    fn changed(&self, version: u64) {
+        let data = serde_json::json!({"version": version});
+        if self.managed.load().is_some() {
+            crate::events::emit_with_id(
+                crate::events::Event::ConfigChanged,
+                format!("evt_config_v{version}"),
+                data,
+            );
+        } else {
+            crate::events::emit(crate::events::Event::ConfigChanged, data);
+        }
     }
 
     fn reject(&self, errs: ConfigErrors) -> Result<u64, ConfigErrors> {

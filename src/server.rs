@@ -71,6 +71,36 @@ impl BackgroundService for BackgroundTasks {
     }
 }
 
+/// Where webhook deliveries live: PostgreSQL in database mode, else the
+/// journal beside the config file. A journal that cannot be read is moved
+/// aside (`.corrupt-<unix time>`, logged) so the gateway still starts.
+fn webhook_store(
+    pool: Option<PgPool>,
+    config_path: &std::path::Path,
+) -> Result<Arc<dyn crate::webhooks::delivery::DeliveryStore>, String> {
+    use crate::webhooks::journal::JournalStore;
+    if let Some(pool) = pool {
+        return Ok(Arc::new(crate::webhooks::pg_store::PgDeliveryStore::new(
+            pool,
+            crate::live::node_name(),
+        )));
+    }
+    let path = JournalStore::path_beside(config_path);
+    match JournalStore::open(&path) {
+        Ok(j) => Ok(Arc::new(j)),
+        Err(StoreError::Invalid(why)) => {
+            let aside = path.with_extension(format!("jsonl.corrupt-{}", crate::clock::unix_now()));
+            tracing::error!(journal = %path.display(), moved_to = %aside.display(), "webhook journal unreadable ({why}); moved aside, starting with an empty one");
+            std::fs::rename(&path, &aside)
+                .map_err(|e| format!("webhook journal {}: {e}", path.display()))?;
+            JournalStore::open(&path)
+                .map(|j| Arc::new(j) as _)
+                .map_err(|e| format!("webhook journal {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("webhook journal {}: {e}", path.display())),
+    }
+}
+
 /// What `flexgate start` was asked to do.
 pub struct StartOptions {
     pub config_path: PathBuf,
@@ -423,7 +453,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         }
         server.add_service(secure);
     }
-    let (store, on_commit, rollups) = match &database {
+    let (store, on_commit, rollups, pool) = match &database {
         Some(url) => {
             // One pool for the config store and the history roll-ups.
             let pool = PgPool::new(url, database_ca_file(&file).as_deref())
@@ -445,14 +475,34 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
             let notify: crate::admin::OnCommit = Arc::new(move |v| {
                 let _ = tx.try_send(v);
             });
-            (pg, Some(notify), Some(RollupReader::new(pool)))
+            (
+                pg,
+                Some(notify),
+                Some(RollupReader::new(pool.clone())),
+                Some(pool),
+            )
         }
         None => (
             crate::store::embedded::FileStore::for_handle(&handle, &file),
             None,
             None,
+            None,
         ),
     };
+    let webhooks =
+        crate::webhooks::Webhooks::new(webhook_store(pool, &opts.config_path)?, handle.clone());
+    background.add(
+        "webhook dispatcher",
+        crate::webhooks::dispatch::Dispatcher {
+            webhooks: webhooks.clone(),
+        },
+    );
+    background.add(
+        "webhook sender",
+        crate::webhooks::send::Sender {
+            webhooks: webhooks.clone(),
+        },
+    );
     // Cluster-wide metrics and alerts over NATS JetStream, in either store mode.
     let cluster = nats_url(&file).map(|url| {
         let feed = crate::live::cluster::ClusterFeed::new();
@@ -481,7 +531,15 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         public_endpoints: boot.admin_public_endpoints,
         on_commit,
         cluster,
+        webhooks: Some(webhooks.clone()),
     };
+    webhooks.set_disabler({
+        let st = admin_state.clone();
+        Arc::new(move |id, reason| {
+            let st = st.clone();
+            Box::pin(async move { crate::admin::webhooks::disable(&st, &id, &reason).await })
+        })
+    });
     if let Some(why) = &admin_state.token_weak {
         tracing::warn!(listen = %boot.admin_listen, "{why}");
     } else if admin_state.token.is_none() {
@@ -527,8 +585,17 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         "health checker",
         HealthChecker {
             config: handle.clone(),
+            on_change: Box::new(|t| {
+                let (event, data) = if t.healthy {
+                    (crate::events::Event::UpstreamHealthy, serde_json::json!({"upstream": t.upstream, "target": t.target}))
+                } else {
+                    (crate::events::Event::UpstreamUnhealthy, serde_json::json!({"upstream": t.upstream, "target": t.target, "error": t.error}))
+                };
+                crate::events::emit(event, data);
+            }),
         },
     );
+    background.add("event counts", crate::events::Flusher);
     server.add_service(background_service("flexgate background", background));
 
     let snap = handle.current();

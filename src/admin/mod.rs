@@ -24,7 +24,7 @@
 //! Parts: `api.rs` (error shape, body rules), `write.rs` (the path of every
 //! write: validate, dry-run compile, commit to the store with audit
 //! entries, install), `resources.rs` (routes, upstreams, webhooks),
-//! `keys.rs`, `config_io.rs` (export/import, audit log), `live_metrics.rs` (live
+//! `keys.rs`, `webhooks.rs` (delivery log, replay, test events), `config_io.rs` (export/import, audit log), `live_metrics.rs` (live
 //! summary and the SSE streams), `session.rs`,
 //! `openapi.rs` (`GET /api/openapi.json`, generated from these handlers).
 
@@ -38,6 +38,7 @@ pub mod openapi;
 pub mod resources;
 pub mod serve;
 pub mod session;
+pub mod webhooks;
 pub mod write;
 
 use crate::metrics::{BreakerGauge, UpstreamGauges};
@@ -86,6 +87,8 @@ pub struct AdminState {
     /// The cluster feed over NATS, when configured (SSE of every node;
     /// the `jetstream` readiness check).
     pub cluster: Option<Arc<crate::live::cluster::ClusterFeed>>,
+    /// Webhook delivery (the delivery log, replays, test events).
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 impl AdminState {
@@ -108,6 +111,7 @@ impl AdminState {
             public_endpoints: boot.admin_public_endpoints,
             on_commit: None,
             cluster: None,
+            webhooks: None,
         })
     }
 }
@@ -602,6 +606,19 @@ pub fn app(state: AdminState) -> Router {
             "/api/webhooks/{key}",
             get(get_webhook).put(replace_webhook).delete(delete_webhook),
         )
+        .route(
+            "/api/webhooks/{key}/deliveries",
+            get(webhooks::list_deliveries),
+        )
+        .route(
+            "/api/webhooks/{key}/deliveries/{delivery}",
+            get(webhooks::get_delivery),
+        )
+        .route(
+            "/api/webhooks/{key}/deliveries/{delivery}/retry",
+            post(webhooks::retry_delivery),
+        )
+        .route("/api/webhooks/{key}/test", post(webhooks::test_webhook))
         .route("/api/keys", get(keys::list_keys).post(keys::create_key))
         .route(
             "/api/keys/{id}",

@@ -3,7 +3,7 @@
 //! (their doc comments are the descriptions), so it cannot drift from the
 //! code.
 
-use super::{config_io, history, keys, live_metrics, resources};
+use super::{config_io, history, keys, live_metrics, resources, webhooks};
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -124,6 +124,8 @@ impl Modify for CommonResponses {
         resources::replace_upstream, resources::delete_upstream,
         resources::list_webhooks, resources::get_webhook, resources::create_webhook,
         resources::replace_webhook, resources::delete_webhook,
+        webhooks::list_deliveries, webhooks::get_delivery, webhooks::retry_delivery,
+        webhooks::test_webhook,
         keys::list_keys, keys::get_key, keys::create_key, keys::revoke_key,
         config_io::export, config_io::import, config_io::logs,
         live_metrics::summary, live_metrics::stream_metrics, live_metrics::stream_alerts,

@@ -2,7 +2,8 @@
 //!
 //! Each node publishes its live summary every [`SUMMARY_INTERVAL`] to
 //! `flexgate.metrics.<node>` and every event of its bus to
-//! `flexgate.alerts.<node>`. Two JetStream streams, `METRICS` and `ALERTS`,
+//! `flexgate.alerts.<node>` and `flexgate.events.<type>` (the webhook
+//! payload: `{id, type, time, node, data}`). Two JetStream streams, `METRICS` and `ALERTS`,
 //! capture those subjects with bounded retention (one hour, 64 MiB,
 //! 100,000 messages each, oldest discarded; created if missing, never
 //! altered when present) so late consumers can replay the recent past.
@@ -39,6 +40,10 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 const FEED_CAPACITY: usize = 1024;
 const METRICS_SUBJECT: &str = "flexgate.metrics";
 const ALERTS_SUBJECT: &str = "flexgate.alerts";
+/// Every event, by type (`flexgate.events.circuit_breaker.opened`), for
+/// consumers of one kind of event across the cluster (core NATS, not
+/// captured by a stream).
+const EVENTS_SUBJECT: &str = "flexgate.events";
 
 /// What kind of message came from another node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,6 +246,7 @@ impl BackgroundService for ClusterService {
                 event = events_rx.recv() => match event {
                     Ok(event) => {
                         let body = alert_json(node, &event).to_string();
+                        self.publish(&client, format!("{EVENTS_SUBJECT}.{}", event.kind.name()), body.clone()).await;
                         self.publish(&client, format!("{ALERTS_SUBJECT}.{token}"), body).await;
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -255,14 +261,10 @@ impl BackgroundService for ClusterService {
     }
 }
 
-/// An event as the ALERTS stream and `/api/stream/alerts` carry it.
+/// An event as the ALERTS stream, `flexgate.events.<type>` and
+/// `/api/stream/alerts` carry it: the webhook payload's envelope.
 pub fn alert_json(node: &str, event: &events::Emitted) -> serde_json::Value {
-    serde_json::json!({
-        "node": node,
-        "type": event.kind,
-        "time": crate::clock::rfc3339(event.time_ms / 1000),
-        "data": event.data,
-    })
+    event.envelope(node)
 }
 
 #[cfg(test)]

@@ -124,12 +124,11 @@ pub async fn rate_limit(
         };
         if !decision.allowed {
             route.metrics.rate_limited.inc();
-            if decision.first_over {
-                crate::events::emit(
-                    Event::RateLimitExceeded,
-                    serde_json::json!({"rule": rule.id, "route": &*route.id, "key": rule.key_text(ip, consumer)}),
-                );
-            }
+            crate::events::emit_counted(
+                Event::RateLimitExceeded,
+                decision.first_over,
+                || serde_json::json!({"rule": rule.id, "route": &*route.id, "key": rule.key_text(ip, consumer), "clientIp": ctx.client.ip.to_string()}),
+            );
             return Err(Reject::RateLimited {
                 rule: rule.clone(),
                 retry_after: decision.reset_secs,

@@ -13,14 +13,11 @@
 use super::ctx::{Client, Identity};
 use super::respond::Reject;
 use crate::config::RouteAuth;
-use crate::events::{Event, Gate};
+use crate::events::Event;
 use crate::keys::KeyRejection;
 use crate::snapshot::{Route, Snapshot};
 use http::header;
 use pingora_http::RequestHeader;
-
-/// Process-wide cap on `auth.failure` events per second.
-static AUTH_EVENTS: Gate = Gate::new(10);
 
 /// A failed authentication: what the client is told, and the short reason
 /// reported in the event.
@@ -167,9 +164,10 @@ fn budget_spent(snap: &Snapshot, client: &Client) -> Option<Reject> {
 
 /// Counts a failed authentication against the address's budget and
 /// reports it. Per address and budget window, only the first failure and
-/// the one that exhausts the budget are reported, and at most
-/// [`AUTH_EVENTS`] per second in all (the next event says how many were
-/// left out): a brute force cannot flood logs, NATS or webhooks.
+/// the one that exhausts the budget are notable; the event bus lets at
+/// most a few per second through and counts the rest
+/// ([`crate::events::emit_counted`]): a brute force cannot flood logs,
+/// NATS or webhooks.
 fn failed(snap: &Snapshot, route: &Route, client: &Client, request_id: &str, reason: &str) {
     route.metrics.auth_failures.inc();
     let (failures, notable) = match &snap.auth_failures {
@@ -179,15 +177,11 @@ fn failed(snap: &Snapshot, route: &Route, client: &Client, request_id: &str, rea
         }
         None => (None, true),
     };
-    if !notable {
-        return;
-    }
-    if let Some(left_out) = AUTH_EVENTS.pass(crate::clock::unix_now()) {
-        crate::events::emit(
-            Event::AuthFailure,
-            serde_json::json!({"route": &*route.id, "reason": reason, "clientIp": client.ip.to_string(), "requestId": request_id, "failuresInWindow": failures, "eventsLeftOut": left_out}),
-        );
-    }
+    crate::events::emit_counted(
+        Event::AuthFailure,
+        notable,
+        || serde_json::json!({"route": &*route.id, "reason": reason, "clientIp": client.ip.to_string(), "requestId": request_id, "failuresInWindow": failures}),
+    );
 }
 
 #[cfg(test)]

@@ -8,16 +8,13 @@ use super::ctx::RequestCtx;
 use super::respond;
 use super::Gateway;
 use crate::accesslog::{self, AccessRecord};
-use crate::events::{Event, Gate};
+use crate::events::Event;
 use crate::snapshot::breaker::Transition;
 use crate::snapshot::Route;
 use http::header;
 use pingora_error::Error;
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
-
-/// Process-wide cap on `request.error` events per second.
-static REQUEST_ERROR_EVENTS: Gate = Gate::new(10);
 
 /// Everything recorded when an exchange ends.
 pub fn finished(gw: &Gateway, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
@@ -175,14 +172,10 @@ fn breaker_outcome(e: Option<&Error>, refused: Option<bool>, status: u16) -> Opt
     }
 }
 
-/// Emits `request.error` for a 5xx, at most [`REQUEST_ERROR_EVENTS`] per
-/// second (the next one says how many were left out).
+/// Emits `request.error` for a 5xx (a few per second reach the bus; the
+/// rest are counted: [`crate::events::emit_counted`]).
 fn request_error(req: &RequestHeader, ctx: &RequestCtx, status: u16, e: Option<&Error>) {
-    let Some(left_out) = REQUEST_ERROR_EVENTS.pass(crate::clock::unix_now()) else {
-        return;
-    };
-    crate::events::emit(
-        Event::RequestError,
+    crate::events::emit_counted(Event::RequestError, true, || {
         serde_json::json!({
             "status": status,
             "error": ctx.outcome.code.or(e.map(|_| "proxy_error")),
@@ -192,9 +185,8 @@ fn request_error(req: &RequestHeader, ctx: &RequestCtx, status: u16, e: Option<&
             "path": req.uri.path(),
             "clientIp": ctx.client.ip.to_string(),
             "requestId": ctx.request_id(),
-            "eventsLeftOut": left_out,
-        }),
-    );
+        })
+    });
 }
 
 /// The owned request-history row of a finished request.
