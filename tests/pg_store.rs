@@ -321,24 +321,24 @@ async fn all_audit(store: &PgStore) -> Vec<AuditEntry> {
 async fn migrations_apply_once_and_report_the_version() {
     let db = db_or_skip!();
     let store = db.store();
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(SCHEMA_VERSION, 3);
     assert_eq!(
         store.migrate_report().await.unwrap(),
         MigrationReport {
-            version: 2,
-            applied: vec![1, 2]
+            version: 3,
+            applied: vec![1, 2, 3]
         }
     );
     assert_eq!(
         store.migrate_report().await.unwrap(),
         MigrationReport {
-            version: 2,
+            version: 3,
             applied: vec![]
         },
         "second run is a no-op"
     );
-    assert_eq!(store.migrate().await.unwrap(), 2);
-    assert_eq!(db.count("flexgate_schema_history").await, 2);
+    assert_eq!(store.migrate().await.unwrap(), 3);
+    assert_eq!(db.count("flexgate_schema_history").await, 3);
     store.ping().await.unwrap();
 }
 
@@ -350,11 +350,14 @@ async fn concurrent_migrations_apply_each_file_once() {
     let mut applied = 0;
     for r in reports {
         let r = r.expect("every concurrent run succeeds");
-        assert_eq!(r.version, 2);
+        assert_eq!(r.version, 3);
         applied += r.applied.len();
     }
-    assert_eq!(applied, 2, "V1 and V2 were each applied by exactly one run");
-    assert_eq!(db.count("flexgate_schema_history").await, 2);
+    assert_eq!(
+        applied, 3,
+        "V1, V2 and V3 were each applied by exactly one run"
+    );
+    assert_eq!(db.count("flexgate_schema_history").await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,7 +375,7 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
     assert_eq!(
         store.migrate().await,
         Err(StoreError::Invalid(
-            "database schema is at version 7 but this flexgate knows up to 2; upgrade flexgate"
+            "database schema is at version 7 but this flexgate knows up to 3; upgrade flexgate"
                 .into()
         ))
     );
@@ -989,16 +992,16 @@ async fn the_migrate_command_is_idempotent() {
     let url = db.url();
     let (code, out, err) = run(&mut flexgate(&["migrate", "--database-url", &url]));
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "schema at version 2 (applied 2 migrations)");
+    assert_eq!(out.trim(), "schema at version 3 (applied 3 migrations)");
     let (code, out, err) = run(&mut flexgate(&["migrate", "--database-url", &url]));
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "schema at version 2 (up to date)");
+    assert_eq!(out.trim(), "schema at version 3 (up to date)");
 
     // DATABASE_URL, then the config file's database.url.
     let (code, out, err) = run(flexgate(&["migrate"]).env("DATABASE_URL", &url));
     assert_eq!(
         (code, out.trim()),
-        (0, "schema at version 2 (up to date)"),
+        (0, "schema at version 3 (up to date)"),
         "{err}"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -1008,7 +1011,7 @@ async fn the_migrate_command_is_idempotent() {
     let (code, out, err) = run(&mut flexgate(&["migrate", "-c", cfg]));
     assert_eq!(
         (code, out.trim()),
-        (0, "schema at version 2 (up to date)"),
+        (0, "schema at version 3 (up to date)"),
         "{err}"
     );
 
@@ -1042,7 +1045,7 @@ async fn the_migrate_command_is_idempotent() {
     db.sql()
         .await
         .execute(
-            "INSERT INTO flexgate_schema_history (version, name, checksum) VALUES (3, 'next', 'x')",
+            "INSERT INTO flexgate_schema_history (version, name, checksum) VALUES (4, 'next', 'x')",
             &[],
         )
         .await
@@ -1051,7 +1054,7 @@ async fn the_migrate_command_is_idempotent() {
     assert_eq!(code, 1);
     assert!(
         err.contains(
-            "database schema is at version 3 but this flexgate knows up to 2; upgrade flexgate"
+            "database schema is at version 4 but this flexgate knows up to 3; upgrade flexgate"
         ),
         "{err}"
     );

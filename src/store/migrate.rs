@@ -10,8 +10,9 @@
 //! new file with the next version; a database whose schema is newer than
 //! the binary knows is refused ("upgrade flexgate"), never downgraded.
 //!
-//! The schema serves the config store (V1) and the request history (V2)
-//! alike; the connections are the pool's ([`crate::pg::PgPool`]).
+//! The schema serves the config store (V1), the request history (V2) and
+//! the webhook deliveries (V3) alike; the connections are the pool's
+//! ([`crate::pg::PgPool`]).
 
 use super::StoreError;
 use crate::pg::PgPool;
@@ -45,6 +46,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "request_history",
         sql: include_str!("../../migrations/V2__request_history.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "webhook_deliveries",
+        sql: include_str!("../../migrations/V3__webhook_deliveries.sql"),
     },
 ];
 
