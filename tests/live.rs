@@ -284,18 +284,37 @@ fn alerts_stream_delivers_events_and_a_stalled_client_harms_nobody() {
     assert_eq!(alert["node"], hello["node"], "{alert}");
 
     // A reading client keeps up in its own thread while a flood of events
-    // passes: 2,000 clients each going over their limit (one
-    // `rate_limit.exceeded` each; `auth.failure` events are coalesced and
-    // could not flood).
+    // passes: 3,500 config changes (more than the bus holds for a stalled
+    // subscriber; events clients can trigger at will are capped per second
+    // and could not flood), while the proxy serves a flood of requests.
     let watcher = std::thread::spawn(move || {
         let mut seen = 0u64;
-        let got = reader.until(Duration::from_secs(60), |name, d| {
-            if name == "alert" && d["type"] == "rate_limit.exceeded" {
+        let got = reader.until(Duration::from_secs(90), |name, d| {
+            if name == "alert" && d["type"] == "config.changed" {
                 seen += 1;
             }
             d["data"]["route"] == "marker"
         });
         (got.is_some(), seen)
+    });
+    let admin_port = gw.admin_port;
+    let writer = std::thread::spawn(move || {
+        for i in 0..3500u32 {
+            let body =
+                format!(r#"{{"id":"churn","name":"churn-{i}","path":"/churn","upstream":"app"}}"#);
+            let r = request(
+                admin_port,
+                if i == 0 { "POST" } else { "PUT" },
+                if i == 0 {
+                    "/api/routes"
+                } else {
+                    "/api/routes/churn"
+                },
+                &[AUTH, ("Content-Type", "application/json")],
+                body.as_bytes(),
+            );
+            assert!(r.status == 200 || r.status == 201, "{}", r.text());
+        }
     });
     let started = Instant::now();
     let mut client = Client::connect(gw.port);
@@ -310,6 +329,7 @@ fn alerts_stream_delivers_events_and_a_stalled_client_harms_nobody() {
         assert_eq!(r.status, if i % 2 == 0 { 200 } else { 429 }, "{addr}");
     }
     let took = started.elapsed();
+    writer.join().unwrap();
     bad_key_requests(gw.port, "/marker", 1);
     let (marker_seen, seen) = watcher.join().unwrap();
     assert!(marker_seen, "the reading client saw the last event");

@@ -608,3 +608,120 @@ fn two_nodes_sharing_postgres_deliver_each_event_once_even_across_a_restart() {
         "every recorded attempt reached the receiver"
     );
 }
+
+#[test]
+fn request_errors_and_target_health_reach_subscribers() {
+    let rx = TestUpstream::start("rx", Behavior::Ok);
+    let up = TestUpstream::start("app", Behavior::Status(500));
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "upstreams:\n  - name: app\n    url: \"{}\"\n    healthCheck:\n      path: /health\n      interval: 200\n      timeout: 500\n      healthyThreshold: 1\n      unhealthyThreshold: 1\nroutes:\n  - id: api\n    path: /api\n    upstream: app\nwebhooks:\n{}",
+            up.url(),
+            hook(
+                "h",
+                &rx,
+                "[\"request.error\", \"upstream.*\"]",
+                "    coalesceWindow: 1s\n"
+            )
+        ),
+    );
+    let mut c = Client::connect(gw.port);
+    for _ in 0..20 {
+        let r = c.request("GET", "/api", &[], b"").expect("response");
+        assert!(r.status >= 500, "{}", r.status);
+    }
+    let errors = |rx: &TestUpstream| -> u64 {
+        posts(rx)
+            .iter()
+            .map(body_json)
+            .filter(|b| b["type"] == "request.error")
+            .map(|b| b["data"]["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    wait("20 request errors counted", Duration::from_secs(10), || {
+        errors(&rx) >= 20
+    });
+    wait(
+        "the unhealthy target reported",
+        Duration::from_secs(10),
+        || {
+            posts(&rx)
+                .iter()
+                .map(body_json)
+                .any(|b| b["type"] == "upstream.unhealthy" && b["data"]["upstream"] == "app")
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(errors(&rx), 20, "every 5xx counted once");
+    let sample = posts(&rx)
+        .iter()
+        .map(body_json)
+        .find(|b| b["type"] == "request.error")
+        .unwrap();
+    assert_eq!(
+        sample["data"]["top"]["routes"][0]["value"], "api",
+        "{sample}"
+    );
+    assert!(sample["data"]["sample"]["status"].as_u64().unwrap() >= 500);
+}
+
+#[test]
+fn events_are_published_on_nats_by_type() {
+    if std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:4222".parse().unwrap(),
+        Duration::from_secs(1),
+    )
+    .is_err()
+    {
+        skip_or_fail("NATS not reachable at 127.0.0.1:4222");
+        return;
+    }
+    let gw = Gateway::start("", &format!("nats:\n  url: nats://127.0.0.1:4222\n{APP}"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let node_suffix = format!("-{}", gw.pid());
+    let got = rt.block_on(async {
+        use futures::StreamExt;
+        let client = async_nats::connect("127.0.0.1:4222").await.unwrap();
+        let mut sub = client
+            .subscribe("flexgate.events.config.changed")
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut n = 0;
+        while Instant::now() < deadline {
+            // The gateway publishes once its NATS connection is up: change
+            // the config until one of its events arrives.
+            n += 1;
+            let gw = &gw;
+            tokio::task::block_in_place(|| create_route(gw, &format!("r{n}")));
+            let wait = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Some(msg) = sub.next().await {
+                    let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+                    if v["node"]
+                        .as_str()
+                        .is_some_and(|s| s.ends_with(&node_suffix))
+                    {
+                        return Some(v);
+                    }
+                }
+                None
+            })
+            .await;
+            if let Ok(Some(v)) = wait {
+                return Some(v);
+            }
+        }
+        None
+    });
+    let v = got.expect("a config.changed of this gateway on flexgate.events.config.changed");
+    assert_eq!(v["type"], "config.changed");
+    assert!(v["id"].as_str().unwrap().starts_with("evt_"), "{v}");
+    assert!(v["data"]["version"].as_u64().is_some(), "{v}");
+    assert!(v["time"].as_str().unwrap().ends_with('Z'), "{v}");
+}

@@ -710,8 +710,9 @@ pub struct WebhookConfig {
     /// A subscription whose deliveries fail for this long without one
     /// success is disabled (default 24h, at least 1s).
     pub auto_disable_after: Option<Millis>,
-    /// Extra request headers (not `webhook-*`, `content-type`, `host`,
-    /// `content-length`).
+    /// Extra request headers (not `webhook-*`, `content-type`,
+    /// `content-length`, `transfer-encoding`, `host`, `connection`,
+    /// `user-agent`: the gateway sets those).
     pub headers: BTreeMap<String, String>,
     /// Secret the deliveries are signed with (`whsec_<base64>`, or any
     /// other text used as bytes; at least 16 bytes).

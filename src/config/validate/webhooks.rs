@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 /// Headers a subscription may not set: the signature scheme's and the
 /// framing's own.
-const RESERVED_HEADERS: [&str; 7] = [
+const RESERVED_HEADERS: [&str; 9] = [
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
@@ -18,6 +18,8 @@ const RESERVED_HEADERS: [&str; 7] = [
     "content-length",
     "host",
     "transfer-encoding",
+    "connection",
+    "user-agent",
 ];
 
 /// `90000` → `90s`, `3600000` → `1h`.
