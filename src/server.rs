@@ -72,32 +72,18 @@ impl BackgroundService for BackgroundTasks {
 }
 
 /// Where webhook deliveries live: PostgreSQL in database mode, else the
-/// journal beside the config file. A journal that cannot be read is moved
-/// aside (`.corrupt-<unix time>`, logged) so the gateway still starts.
+/// journal beside the config file (opened by its first use).
 fn webhook_store(
     pool: Option<PgPool>,
     config_path: &std::path::Path,
-) -> Result<Arc<dyn crate::webhooks::delivery::DeliveryStore>, String> {
+) -> Arc<dyn crate::webhooks::delivery::DeliveryStore> {
     use crate::webhooks::journal::JournalStore;
-    if let Some(pool) = pool {
-        return Ok(Arc::new(crate::webhooks::pg_store::PgDeliveryStore::new(
+    match pool {
+        Some(pool) => Arc::new(crate::webhooks::pg_store::PgDeliveryStore::new(
             pool,
             crate::live::node_name(),
-        )));
-    }
-    let path = JournalStore::path_beside(config_path);
-    match JournalStore::open(&path) {
-        Ok(j) => Ok(Arc::new(j)),
-        Err(StoreError::Invalid(why)) => {
-            let aside = path.with_extension(format!("jsonl.corrupt-{}", crate::clock::unix_now()));
-            tracing::error!(journal = %path.display(), moved_to = %aside.display(), "webhook journal unreadable ({why}); moved aside, starting with an empty one");
-            std::fs::rename(&path, &aside)
-                .map_err(|e| format!("webhook journal {}: {e}", path.display()))?;
-            JournalStore::open(&path)
-                .map(|j| Arc::new(j) as _)
-                .map_err(|e| format!("webhook journal {}: {e}", path.display()))
-        }
-        Err(e) => Err(format!("webhook journal {}: {e}", path.display())),
+        )),
+        None => Arc::new(JournalStore::new(&JournalStore::path_beside(config_path))),
     }
 }
 
@@ -490,7 +476,7 @@ pub fn run(mut opts: StartOptions) -> Result<(), String> {
         ),
     };
     let webhooks =
-        crate::webhooks::Webhooks::new(webhook_store(pool, &opts.config_path)?, handle.clone());
+        crate::webhooks::Webhooks::new(webhook_store(pool, &opts.config_path), handle.clone());
     background.add(
         "webhook dispatcher",
         crate::webhooks::dispatch::Dispatcher {

@@ -138,6 +138,8 @@ pub struct Dispatcher {
 
 struct State {
     lanes: HashMap<String, Lane>,
+    /// The store refused the last batch (logged once per outage).
+    store_down: bool,
 }
 
 impl State {
@@ -227,12 +229,21 @@ impl Dispatcher {
             return;
         }
         match self.webhooks.store.enqueue(&batch).await {
-            Ok(_) => self.webhooks.wake.notify_one(),
+            Ok(_) => {
+                if std::mem::take(&mut state.store_down) {
+                    tracing::info!(
+                        "webhook delivery store reachable again; queued deliveries stored"
+                    );
+                }
+                self.webhooks.wake.notify_one();
+            }
             Err(e) => {
-                tracing::warn!(
-                    deliveries = batch.len(),
-                    "webhook deliveries not stored yet (kept in memory, bounded): {e}"
-                );
+                if !std::mem::replace(&mut state.store_down, true) {
+                    tracing::warn!(
+                        deliveries = batch.len(),
+                        "webhook deliveries not stored yet (kept in memory, bounded, until the store answers): {e}"
+                    );
+                }
                 state.restore(batch);
             }
         }
@@ -245,6 +256,7 @@ impl BackgroundService for Dispatcher {
         let mut rx = crate::events::bus().subscribe();
         let mut state = State {
             lanes: HashMap::new(),
+            store_down: false,
         };
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -310,6 +322,7 @@ mod tests {
         let subs = sub(&["*"]);
         let mut st = State {
             lanes: HashMap::new(),
+            store_down: false,
         };
         for _ in 0..10_000 {
             st.route(&subs, &event(Event::RateLimitExceeded, 1));
@@ -339,6 +352,7 @@ mod tests {
         let subs = sub(&["circuit_breaker.*"]);
         let mut st = State {
             lanes: HashMap::new(),
+            store_down: false,
         };
         st.route(&subs, &event(Event::ConfigChanged, 1));
         st.route(&subs, &event(Event::CircuitBreakerOpened, 1));
@@ -352,6 +366,7 @@ mod tests {
         let subs = sub(&["*"]);
         let mut st = State {
             lanes: HashMap::new(),
+            store_down: false,
         };
         // Windows closing one after another while nothing is stored.
         for i in 0..(OUTBOX_CAPACITY as u64 + 50) {

@@ -83,8 +83,42 @@ const COMPACT_FACTOR: u64 = 4;
 
 /// The embedded delivery store: memory, and the journal file.
 pub struct JournalStore {
-    inner: Arc<Mutex<Journal>>,
+    /// `None` until this process owns the file ([`JournalStore::new`]).
+    inner: Arc<Mutex<Option<Journal>>>,
     path: PathBuf,
+}
+
+/// This process's hold on a journal: an exclusive `flock` on
+/// `<journal>.lock`, released when the process exits. During a binary
+/// upgrade (`start -u`) the old process keeps the journal until it exits;
+/// the new one answers [`StoreError::Unavailable`] meanwhile (its events
+/// wait in the dispatcher's bounded outboxes) and takes the file over
+/// then, reading everything the old one wrote.
+struct Owner(#[allow(dead_code)] File);
+
+impl Owner {
+    fn take(journal: &Path) -> Result<Owner, StoreError> {
+        use std::os::fd::AsRawFd;
+        let path = journal.with_extension("jsonl.lock");
+        let file = open_append(&path).map_err(|e| {
+            StoreError::Unavailable(format!("webhook journal lock {}: {e}", path.display()))
+        })?;
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(StoreError::Unavailable(
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    format!(
+                    "webhook journal {} is held by another flexgate process (a binary upgrade in progress?); deliveries wait in memory until it exits",
+                    journal.display()
+                )
+                } else {
+                    format!("webhook journal lock {}: {e}", path.display())
+                },
+            ));
+        }
+        Ok(Owner(file))
+    }
 }
 
 impl std::fmt::Debug for JournalStore {
@@ -150,6 +184,8 @@ impl Hook {
 
 /// Everything behind the lock.
 struct Journal {
+    /// Held while the journal is open.
+    _owner: Option<Owner>,
     path: PathBuf,
     /// Open for appending.
     file: File,
@@ -178,13 +214,24 @@ impl JournalStore {
     }
 
     /// Opens (or creates) the journal at `path` and replays it; compacts it
-    /// when it holds dead records. Blocking: called once at start.
+    /// when it holds dead records. Blocking.
     pub fn open(path: &Path) -> Result<JournalStore, StoreError> {
-        let journal = Journal::open(path)?;
+        let journal = Journal::open_owned(path, false)?;
         Ok(JournalStore {
-            inner: Arc::new(Mutex::new(journal)),
+            inner: Arc::new(Mutex::new(Some(journal))),
             path: path.to_path_buf(),
         })
+    }
+
+    /// The journal at `path`, opened by the first call that needs it and
+    /// once this process owns the file ([`Owner`]); until then every call
+    /// answers [`StoreError::Unavailable`]. No I/O here: a journal that
+    /// cannot be opened never stops the gateway from starting.
+    pub fn new(path: &Path) -> JournalStore {
+        JournalStore {
+            inner: Arc::new(Mutex::new(None)),
+            path: path.to_path_buf(),
+        }
     }
 
     /// The journal file.
@@ -198,9 +245,16 @@ impl JournalStore {
         op: impl FnOnce(&mut Journal) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
+        let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut j = inner.lock().unwrap_or_else(|p| p.into_inner());
-            op(&mut j)
+            if j.is_none() {
+                *j = Some(Journal::open_owned(&path, true)?);
+            }
+            match j.as_mut() {
+                Some(j) => op(j),
+                None => Err(StoreError::Unavailable("webhook journal not open".into())),
+            }
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("webhook journal: the task failed: {e}")))?
@@ -245,6 +299,33 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 impl Journal {
+    /// Takes ownership of the file, then opens it. With `move_aside`, a
+    /// file that cannot be read back is moved aside
+    /// (`<file>.corrupt-<unix time>`, logged) and a new one started: the
+    /// gateway keeps delivering new events.
+    fn open_owned(path: &Path, move_aside: bool) -> Result<Journal, StoreError> {
+        let owner = Owner::take(path)?;
+        let journal = match Journal::open(path) {
+            Err(StoreError::Invalid(why)) if move_aside => {
+                let aside =
+                    path.with_extension(format!("jsonl.corrupt-{}", crate::clock::unix_now()));
+                tracing::error!(journal = %path.display(), moved_to = %aside.display(), "webhook journal unreadable ({why}); moved aside, starting a new one");
+                std::fs::rename(path, &aside).map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "webhook journal {}: cannot move it aside: {e}",
+                        path.display()
+                    ))
+                })?;
+                Journal::open(path)?
+            }
+            other => other?,
+        };
+        Ok(Journal {
+            _owner: Some(owner),
+            ..journal
+        })
+    }
+
     fn unavailable(&self, what: &str, e: std::io::Error) -> StoreError {
         StoreError::Unavailable(format!(
             "webhook journal {}: {what}: {e}",
@@ -263,6 +344,7 @@ impl Journal {
         };
         let file = open_append(path).map_err(|e| unavailable("cannot open it", e))?;
         let mut j = Journal {
+            _owner: None,
             path: path.to_path_buf(),
             file,
             file_len: bytes.len() as u64,
@@ -1168,11 +1250,41 @@ mod tests {
             Err(StoreError::Invalid(m)) => assert!(m.contains("line 2"), "{m}"),
             other => panic!("{other:?}"),
         }
+        // Opened by the gateway (on first use), it is moved aside instead.
+        let s = JournalStore::new(&path);
+        assert_eq!(everything(&s, "w1").await, vec![]);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the unreadable journal is kept aside");
+        assert_eq!(std::fs::read(aside[0].path()).unwrap(), bad);
+        drop(s);
         // A complete line that ends the file without its newline is kept.
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
         let s = JournalStore::open(&path).unwrap();
         assert_eq!(everything(&s, "w1").await, before);
         assert_eq!(std::fs::read(&path).unwrap(), good);
+    }
+
+    #[tokio::test]
+    async fn one_process_owns_the_journal_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let first = JournalStore::open(&path).unwrap();
+        // Another process's view (flock is per open file description).
+        let second = JournalStore::new(&path);
+        match second.enqueue(&[dlv("d1", "w1", "e1", T0)]).await {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(m.contains("another flexgate process"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        first.enqueue(&[dlv("d1", "w1", "e1", T0)]).await.unwrap();
+        drop(first);
+        // Once the owner is gone, it takes over and sees what was written.
+        assert_eq!(everything(&second, "w1").await.len(), 1);
     }
 
     #[tokio::test]

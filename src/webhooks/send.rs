@@ -38,8 +38,10 @@ pub const CONCURRENCY: usize = 16;
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// A lease outlives the attempt's timeout by this much.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
-/// How often queue depths are refreshed and old deliveries pruned.
+/// How often queue depths are refreshed.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// Old deliveries are pruned every this many housekeeping rounds (a minute).
+const PRUNE_EVERY: u32 = 12;
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -249,17 +251,20 @@ impl Sender {
         }
     }
 
-    /// Queue depths to the gauge; finished and orphaned deliveries pruned.
-    async fn housekeeping(&self) {
+    /// Queue depths to the gauge; finished and orphaned deliveries pruned
+    /// every [`PRUNE_EVERY`] rounds.
+    async fn housekeeping(&self, round: u32) {
         let subs = self.webhooks.subscriptions();
         let live: Vec<String> = subs.all.iter().map(|s| s.id.clone()).collect();
-        if let Err(e) = self
-            .webhooks
-            .store
-            .prune(&live, crate::clock::unix_now_ms())
-            .await
-        {
-            tracing::debug!("pruning webhook deliveries failed: {e}");
+        if round % PRUNE_EVERY == 0 {
+            let pruned = self
+                .webhooks
+                .store
+                .prune(&live, crate::clock::unix_now_ms())
+                .await;
+            if let Err(e) = pruned {
+                tracing::debug!("pruning webhook deliveries failed: {e}");
+            }
         }
         let stored = self
             .webhooks
@@ -287,6 +292,8 @@ impl BackgroundService for Sender {
         let mut running = tokio::task::JoinSet::new();
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut store_down = false;
+        let mut rounds = 0u32;
         let mut chores = tokio::time::interval(HOUSEKEEPING);
         chores.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -303,7 +310,8 @@ impl BackgroundService for Sender {
                 _ = self.webhooks.wake.notified() => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 _ = chores.tick() => {
-                    self.housekeeping().await;
+                    self.housekeeping(rounds).await;
+                    rounds = rounds.wrapping_add(1);
                     continue;
                 }
             }
@@ -332,11 +340,18 @@ impl BackgroundService for Sender {
                 .await
             {
                 Ok(due) => {
+                    if std::mem::take(&mut store_down) {
+                        tracing::info!("webhook deliveries flow again");
+                    }
                     for d in due {
                         running.spawn(Self::run(self.webhooks.clone(), d));
                     }
                 }
-                Err(e) => tracing::warn!("leasing webhook deliveries failed: {e}"),
+                Err(e) => {
+                    if !std::mem::replace(&mut store_down, true) {
+                        tracing::warn!("webhook deliveries wait: {e}");
+                    }
+                }
             }
         }
     }
