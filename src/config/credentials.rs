@@ -122,6 +122,29 @@ pub fn verification_key(
     Ok((algorithm, pem.value().key.clone()))
 }
 
+/// The HMAC key of a webhook secret as written in the config
+/// (`whsec_<base64>`: the decoded bytes; other text: its UTF-8 bytes); `Err` says why it
+/// cannot be used.
+pub fn webhook_secret_key(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let bytes = match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| "a whsec_ secret must be followed by base64".to_string())?,
+        None => secret.as_bytes().to_vec(),
+    };
+    if bytes.len() < 16 {
+        return Err(format!(
+            "must be at least 16 bytes (got {}); e.g. whsec_ followed by 32 random bytes in base64",
+            bytes.len()
+        ));
+    }
+    if bytes.len() > 1024 {
+        return Err("must be at most 1024 bytes".into());
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

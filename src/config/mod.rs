@@ -28,7 +28,9 @@ pub mod units;
 pub mod upstream;
 mod validate;
 pub mod yaml_guard;
-pub use credentials::{JwtAlgorithm, KeyAlgorithm, KeyDigest, KeyKind, PublicKeyPem};
+pub use credentials::{
+    webhook_secret_key, JwtAlgorithm, KeyAlgorithm, KeyDigest, KeyKind, PublicKeyPem,
+};
 pub use pattern::{HostPattern, PathPattern};
 pub use ssrf::{host_allowed, SsrfPolicy, METADATA_BLOCK};
 pub use text::{Cidr, FromText, Token, Written};

@@ -11,26 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ring::hmac;
 
-/// The HMAC key of a secret as written in the config; `Err` says why it
-/// cannot be used.
-pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
-    let bytes = match secret.strip_prefix("whsec_") {
-        Some(b64) => STANDARD
-            .decode(b64)
-            .map_err(|_| "a whsec_ secret must be followed by base64".to_string())?,
-        None => secret.as_bytes().to_vec(),
-    };
-    if bytes.len() < 16 {
-        return Err(format!(
-            "must be at least 16 bytes (got {}); e.g. whsec_ followed by 32 random bytes in base64",
-            bytes.len()
-        ));
-    }
-    if bytes.len() > 1024 {
-        return Err("must be at most 1024 bytes".into());
-    }
-    Ok(bytes)
-}
+pub use crate::config::webhook_secret_key as secret_key;
 
 /// The signing keys of a subscription: its secret, then the one being
 /// rotated out. Secrets that do not decode are skipped (validation refuses them).

@@ -140,7 +140,7 @@ pub(super) fn check(e: &mut Vec<ConfigError>, webhooks: &[WebhookConfig], out: &
             ("previousSecret", &w.previous_secret),
         ] {
             if let Some(s) = secret {
-                if let Err(m) = crate::webhooks::sign::secret_key(s) {
+                if let Err(m) = crate::config::webhook_secret_key(s) {
                     e.push(ConfigError::new(format!("{wp}.{field}"), m));
                 }
             }
