@@ -14,6 +14,8 @@
 //! | `audit_log` | one per audit entry, with the version it produced | `id` (assigned by the database) |
 //! | `flexgate_request_log` (V2) | one per proxied request, partitioned by day; written by `history::writer` | — |
 //! | `flexgate_request_stats_hourly` / `_daily` (V2) | roll-ups per bucket and route, written by `history::maintenance` | `(bucket, route_id)` |
+//! | `flexgate_webhook_deliveries` (V3) | one per event and webhook subscription, leased for each attempt; written by `webhooks::pg_store` | `(webhook_id, event_id)` |
+//! | `flexgate_webhook_health` (V3) | since when each subscription has been failing | `webhook_id` |
 //!
 //! Lists keep their order in a `position` column (route order matters).
 //! Bodies are the camelCase JSON of the config model, so [`Store::load`]
