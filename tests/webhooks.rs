@@ -139,6 +139,15 @@ fn a_receiver_that_comes_back_gets_each_signed_event_once() {
     });
     let pending = deliveries(&gw, "h", "?status=pending");
     assert_eq!(pending.len(), 1, "{pending:?}");
+    wait(
+        "the queue depth on /metrics",
+        Duration::from_secs(8),
+        || {
+            request(gw.admin_port, "GET", "/metrics", &[], b"")
+                .text()
+                .contains("flexgate_webhook_queue_depth{webhook=\"h\"} 1")
+        },
+    );
     assert!(pending[0]["attempts"].as_u64().unwrap() >= 1);
     assert_eq!(pending[0]["lastStatus"], 503);
     rx.set_behavior(Behavior::Ok);
@@ -298,10 +307,12 @@ fn ten_thousand_rate_limit_hits_become_a_few_posts_with_the_exact_count() {
 fn gone_and_long_failure_disable_a_subscription_with_an_audit_entry() {
     let gone = TestUpstream::start("gone", Behavior::Status(410));
     let failing = TestUpstream::start("failing", Behavior::Status(500));
+    let watch = TestUpstream::start("watch", Behavior::Ok);
     let gw = Gateway::start(
         "",
         &format!(
-            "{APP}webhooks:\n{}{}",
+            "{APP}webhooks:\n{}{}{}",
+            hook("watch", &watch, "[\"webhook.disabled\"]", FAST),
             hook("gone", &gone, "[\"config.changed\"]", FAST),
             hook(
                 "failing",
@@ -352,6 +363,16 @@ fn gone_and_long_failure_disable_a_subscription_with_an_audit_entry() {
         .unwrap()
         .to_string();
     assert!(reason.contains("autoDisableAfter"), "{reason}");
+    wait("webhook.disabled events", Duration::from_secs(5), || {
+        posts(&watch).len() >= 2
+    });
+    let disabled: BTreeSet<String> = posts(&watch)
+        .iter()
+        .map(body_json)
+        .inspect(|b| assert_eq!(b["type"], "webhook.disabled"))
+        .map(|b| b["data"]["webhook"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(disabled, BTreeSet::from(["gone".into(), "failing".into()]));
     // Disabled: new events are not queued for them.
     let before = (posts(&gone).len(), posts(&failing).len());
     create_route(&gw, "two");
