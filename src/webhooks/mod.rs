@@ -227,10 +227,10 @@ impl Webhooks {
             "data": {"webhook": id, "message": "a test event from FlexGate"},
         });
         let mut d = new_delivery(&sub.id, event_id, "webhook.test", payload.to_string(), now);
-        self.store.enqueue(std::slice::from_ref(&d)).await?;
         let (policy, hosts) = self.policy();
         send::attempt(&sub, &mut d, &policy, &hosts, 0).await;
-        self.store.finish(&d).await?;
+        // Stored once attempted (never pending, so no sender takes it too).
+        self.store.enqueue(std::slice::from_ref(&d)).await?;
         Ok(Some(d))
     }
 
