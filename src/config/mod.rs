@@ -22,6 +22,7 @@ mod reader;
 pub mod redact;
 pub mod runtime;
 pub mod secrets;
+pub mod schema;
 pub mod ssrf;
 pub mod text;
 pub mod units;
