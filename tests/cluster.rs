@@ -10,6 +10,7 @@
 //! message; with `CI=true` it fails.
 
 mod common;
+use common::pg::TestDb;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,56 +18,6 @@ use std::time::{Duration, Instant};
 
 const AUTH: (&str, &str) = ("Authorization", "Bearer test-admin-token");
 const JSON: (&str, &str) = ("Content-Type", "application/json");
-
-fn sql(port: u16, db: &str, statement: &str) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let url = format!("host=127.0.0.1 port={port} user=postgres dbname={db} connect_timeout=3");
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        client
-            .batch_execute(statement)
-            .await
-            .map_err(|e| e.to_string())
-    })
-}
-
-/// A database of its own on the shared server, dropped at the end.
-struct Db {
-    name: String,
-}
-
-impl Db {
-    fn create() -> Option<Db> {
-        let name = format!("fg_cluster_{:016x}", fastrand::u64(..));
-        match sql(5432, "postgres", &format!("CREATE DATABASE {name}")) {
-            Ok(()) => Some(Db { name }),
-            Err(e) => {
-                skip_or_fail(&format!("PostgreSQL not reachable at 127.0.0.1:5432: {e}"));
-                None
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = sql(
-            5432,
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
 
 fn nats_reachable() -> bool {
     std::net::TcpStream::connect_timeout(&"127.0.0.1:4222".parse().unwrap(), Duration::from_secs(1))
@@ -104,7 +55,7 @@ fn time_to_serve(node: &Gateway, path: &str, limit: Duration) -> Option<Duration
 }
 
 fn two_nodes_converge(nats: &str) {
-    let Some(db) = Db::create() else { return };
+    let Some(db) = TestDb::create() else { return };
     let up = TestUpstream::start("app", Behavior::Ok);
     let a = Gateway::start("", &body(&up, &db.url(), nats));
     let mut b = Gateway::start("", &body(&up, &db.url(), nats));
@@ -213,7 +164,7 @@ impl Drop for PrivateNats {
 
 #[test]
 fn nats_stopping_leaves_polling_to_converge() {
-    let Some(db) = Db::create() else { return };
+    let Some(db) = TestDb::create() else { return };
     let Some(mut nats) = PrivateNats::start() else {
         return;
     };

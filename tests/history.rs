@@ -7,95 +7,12 @@
 //! the test with a loud message; with `CI=true` it fails.
 
 mod common;
+use common::pg::{Sql, TestDb};
 use common::*;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const AUTH: (&str, &str) = ("Authorization", "Bearer test-admin-token");
-
-/// A connection to a database of the test server, with its own runtime.
-struct Sql {
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-}
-
-impl Sql {
-    fn connect(db: &str) -> Result<Sql, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let url = format!("host=127.0.0.1 port=5432 user=postgres dbname={db} connect_timeout=3");
-        let client = rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            Ok::<_, String>(client)
-        })?;
-        Ok(Sql { rt, client })
-    }
-
-    fn exec(&self, statements: &str) {
-        self.rt
-            .block_on(self.client.batch_execute(statements))
-            .unwrap_or_else(|e| panic!("{statements}: {e:?}"));
-    }
-
-    fn rows(&self, query: &str) -> Vec<tokio_postgres::Row> {
-        self.rt
-            .block_on(self.client.query(query, &[]))
-            .unwrap_or_else(|e| panic!("{query}: {e:?}"))
-    }
-
-    fn int(&self, query: &str) -> i64 {
-        self.rows(query)[0].get(0)
-    }
-
-    fn text(&self, query: &str) -> String {
-        self.rows(query)[0].get(0)
-    }
-}
-
-/// A database of its own on the shared server, dropped at the end.
-struct Db {
-    name: String,
-}
-
-impl Db {
-    fn create() -> Option<Db> {
-        let name = format!("fg_history_{:016x}", fastrand::u64(..));
-        match Sql::connect("postgres") {
-            Ok(admin) => {
-                admin.exec(&format!("CREATE DATABASE {name}"));
-                Some(Db { name })
-            }
-            Err(e) => {
-                skip_or_fail(&format!("PostgreSQL not reachable at 127.0.0.1:5432: {e}"));
-                None
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-
-    fn sql(&self) -> Sql {
-        Sql::connect(&self.name).expect("connect to the test database")
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        if let Ok(admin) = Sql::connect("postgres") {
-            let _ = admin.rt.block_on(admin.client.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )));
-        }
-    }
-}
 
 /// A sample of the gateway's `/metrics` (summed over label values).
 fn metric(gw: &Gateway, name: &str) -> f64 {
@@ -162,7 +79,7 @@ fn wait_for(gw: &Gateway, what: &str, limit: Duration, mut cond: impl FnMut() ->
     panic!("timed out waiting for {what}; gateway log:\n{}", gw.log());
 }
 
-fn config(up_ok: &TestUpstream, up_fail: &TestUpstream, db: &Db, history: &str) -> String {
+fn config(up_ok: &TestUpstream, up_fail: &TestUpstream, db: &TestDb, history: &str) -> String {
     format!(
         "database:\n  url: \"{}\"\nhistory:\n{history}upstreams:\n  - name: ok\n    url: \"{}\"\n  - name: fail\n    url: \"{}\"\nroutes:\n  - id: ok\n    path: /ok/*\n    upstream: ok\n  - id: fail\n    path: /fail/*\n    upstream: fail\nlogging:\n  accessLog: false\n",
         db.url(),
@@ -177,7 +94,7 @@ fn sum(rows: &[serde_json::Value], field: &str) -> i64 {
 
 #[test]
 fn every_request_is_a_row_and_the_rollups_and_api_agree() {
-    let Some(db) = Db::create() else { return };
+    let Some(db) = TestDb::create() else { return };
     let up_ok = TestUpstream::start("ok", Behavior::Ok);
     let up_fail = TestUpstream::start("fail", Behavior::Status(500));
     let history = "  batchSize: 500\n  flushInterval: 100ms\n  maintenanceInterval: 500ms\n  nodeId: node-a\n";
@@ -330,7 +247,7 @@ fn every_request_is_a_row_and_the_rollups_and_api_agree() {
 
 #[test]
 fn a_stalled_database_costs_no_request_and_every_record_is_accounted_for() {
-    let Some(db) = Db::create() else { return };
+    let Some(db) = TestDb::create() else { return };
     let up_ok = TestUpstream::start("ok", Behavior::Ok);
     let up_fail = TestUpstream::start("fail", Behavior::Status(500));
     let history =
@@ -391,7 +308,7 @@ fn a_stalled_database_costs_no_request_and_every_record_is_accounted_for() {
 
 #[test]
 fn day_partitions_are_created_ahead_and_dropped_after_the_retention() {
-    let Some(db) = Db::create() else { return };
+    let Some(db) = TestDb::create() else { return };
     let up_ok = TestUpstream::start("ok", Behavior::Ok);
     let up_fail = TestUpstream::start("fail", Behavior::Status(500));
     let history = "  retentionDays: 3\n  maintenanceInterval: 300ms\n";
@@ -510,7 +427,7 @@ fn day_partitions_are_created_ahead_and_dropped_after_the_retention() {
 
 #[test]
 fn a_database_that_goes_away_costs_batches_not_requests_and_the_writer_comes_back() {
-    let Some(db) = Db::create() else { return };
+    let Some(db) = TestDb::create() else { return };
     let up_ok = TestUpstream::start("ok", Behavior::Ok);
     let up_fail = TestUpstream::start("fail", Behavior::Status(500));
     let history = "  batchSize: 50\n  flushInterval: 50ms\n";
@@ -537,7 +454,7 @@ fn a_database_that_goes_away_costs_batches_not_requests_and_the_writer_comes_bac
         "ALTER DATABASE {0} ALLOW_CONNECTIONS false;
          SELECT pg_terminate_backend(pid) FROM pg_stat_activity
           WHERE datname = '{0}' AND application_name = 'flexgate-history-writer';",
-        db.name
+        db.name()
     ));
     let total = send(300);
     wait_for(
@@ -557,7 +474,7 @@ fn a_database_that_goes_away_costs_batches_not_requests_and_the_writer_comes_bac
     // Back: the writer reconnects (after its backoff) and writes again.
     admin.exec(&format!(
         "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-        db.name
+        db.name()
     ));
     let before = written();
     let start = Instant::now();

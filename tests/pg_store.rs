@@ -1,12 +1,10 @@
-//! The PostgreSQL config store against a real PostgreSQL.
-//!
-//! Each test creates its own database (`fg_test_<random>`), dropped at the
-//! end even when the test panics, so tests run in parallel and leave
-//! nothing behind. The server is `FLEXGATE_TEST_PG` (libpq key=value
-//! settings without `dbname`; default `host=127.0.0.1 port=5432
-//! user=postgres`). When it cannot be reached the tests are skipped with a
-//! loud message, except under `CI=true`, where they fail.
+//! The PostgreSQL config store against a real PostgreSQL: each test on a
+//! database of its own ([`common::pg::TestDb`]; `FLEXGATE_TEST_PG` names
+//! the server).
 
+mod common;
+
+use common::pg::{server, TestDb, DEFAULT_SERVER};
 use flexgate::config;
 use flexgate::keys::store::{KeyFile, StoredKey};
 use flexgate::store::migrate::{MigrationReport, SCHEMA_VERSION};
@@ -14,142 +12,17 @@ use flexgate::store::postgres::PgStore;
 use flexgate::store::{AuditEntry, AuditQuery, State, Store, StoreError, Versioned};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use tokio_postgres::NoTls;
 
-const DEFAULT_SERVER: &str = "host=127.0.0.1 port=5432 user=postgres";
-
-fn server() -> String {
-    std::env::var("FLEXGATE_TEST_PG")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_SERVER.to_string())
-}
-
-/// A database of its own for one test; dropped (connections included)
-/// when the guard goes, panics included.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn url(&self) -> String {
-        format!("{} dbname={}", server(), self.name)
-    }
-
-    fn store(&self) -> PgStore {
-        PgStore::new(&self.url()).expect("valid URL")
-    }
-
-    /// A direct connection, for looking behind the store's back.
-    async fn sql(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(), NoTls)
-            .await
-            .expect("connect to the test database");
-        tokio::spawn(conn);
-        client
-    }
-
-    async fn count(&self, table: &str) -> i64 {
-        self.sql()
-            .await
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .unwrap()
-            .get(0)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Own thread and runtime: works from any test runtime, and while
-        // unwinding.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let admin = format!("{} dbname=postgres", server());
-                if let Ok((client, conn)) = tokio_postgres::connect(&admin, NoTls).await {
-                    tokio::spawn(conn);
-                    if let Err(e) = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await
-                    {
-                        eprintln!("could not drop test database {name}: {e}");
-                    }
-                }
-            })
-        })
-        .join();
-    }
-}
-
-/// A fresh empty database, or `None` (test skipped) when PostgreSQL cannot
-/// be reached outside CI.
-async fn fresh_db() -> Option<TestDb> {
-    let admin = format!("{} dbname=postgres", server());
-    let connect = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio_postgres::connect(&admin, NoTls),
-    )
-    .await;
-    let client = match connect {
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(conn);
-            client
-        }
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => "no answer within 3s".to_string(),
-            };
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("PostgreSQL not reachable at {admin:?} ({why}) and CI=true");
-            }
-            // Straight to the process's stderr: the harness would swallow
-            // eprintln! of a passing test.
-            let msg = format!(
-                "\n*** SKIPPED: PostgreSQL not reachable at {admin:?} ({why}); \
-                 set FLEXGATE_TEST_PG or start PostgreSQL to run this test ***\n"
-            );
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
-            return None;
-        }
-    };
-    let name = format!("fg_test_{:016x}", fastrand::u64(..));
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the test database");
-    Some(TestDb { name })
-}
-
-macro_rules! db_or_skip {
-    () => {
-        match fresh_db().await {
-            Some(db) => db,
-            None => return,
-        }
-    };
+fn store_on(db: &TestDb) -> PgStore {
+    PgStore::new(&db.url()).expect("valid URL")
 }
 
 /// A fresh database with the schema applied, and a store on it.
 async fn migrated() -> Option<(TestDb, PgStore)> {
-    let db = fresh_db().await?;
-    let store = db.store();
+    let db = TestDb::create()?;
+    let store = store_on(&db);
     store.migrate().await.expect("migrate");
     Some((db, store))
-}
-
-macro_rules! migrated_or_skip {
-    () => {
-        match migrated().await {
-            Some(pair) => pair,
-            None => return,
-        }
-    };
 }
 
 const CONFIG: &str = r#"
@@ -319,8 +192,8 @@ async fn all_audit(store: &PgStore) -> Vec<AuditEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_once_and_report_the_version() {
-    let db = db_or_skip!();
-    let store = db.store();
+    let Some(db) = TestDb::create() else { return };
+    let store = store_on(&db);
     assert_eq!(SCHEMA_VERSION, 3);
     assert_eq!(
         store.migrate_report().await.unwrap(),
@@ -344,8 +217,8 @@ async fn migrations_apply_once_and_report_the_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_migrations_apply_each_file_once() {
-    let db = db_or_skip!();
-    let stores: Vec<PgStore> = (0..4).map(|_| db.store()).collect();
+    let Some(db) = TestDb::create() else { return };
+    let stores: Vec<PgStore> = (0..4).map(|_| store_on(&db)).collect();
     let reports = futures::future::join_all(stores.iter().map(|s| s.migrate_report())).await;
     let mut applied = 0;
     for r in reports {
@@ -362,8 +235,10 @@ async fn concurrent_migrations_apply_each_file_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_schema_is_refused_with_a_clear_error() {
-    let (db, store) = migrated_or_skip!();
-    db.sql()
+    let Some((db, store)) = migrated().await else {
+        return;
+    };
+    db.client()
         .await
         .execute(
             "INSERT INTO flexgate_schema_history (version, name, checksum) \
@@ -383,8 +258,10 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_migration_is_refused() {
-    let (db, store) = migrated_or_skip!();
-    db.sql()
+    let Some((db, store)) = migrated().await else {
+        return;
+    };
+    db.client()
         .await
         .execute(
             "UPDATE flexgate_schema_history SET checksum = 'edited' WHERE version = 1",
@@ -400,8 +277,8 @@ async fn an_edited_migration_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_database_loads_nothing_and_is_at_version_zero() {
-    let db = db_or_skip!();
-    let store = db.store();
+    let Some(db) = TestDb::create() else { return };
+    let store = store_on(&db);
     match store.load().await {
         Err(StoreError::Invalid(m)) => assert!(m.contains("flexgate migrate"), "{m}"),
         other => panic!("an unmigrated database: {other:?}"),
@@ -415,7 +292,9 @@ async fn an_empty_database_loads_nothing_and_is_at_version_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_loads_back_exactly() {
-    let (db, store) = migrated_or_skip!();
+    let Some((db, store)) = migrated().await else {
+        return;
+    };
     let state = sample_state();
     let v = store
         .commit(
@@ -438,7 +317,7 @@ async fn a_commit_loads_back_exactly() {
 
     // Rows are per resource, keyed, in order; routes without an id get the
     // config's default id as their key.
-    let sql = db.sql().await;
+    let sql = db.client().await;
     let ids: Vec<String> = sql
         .query("SELECT id FROM routes ORDER BY position", &[])
         .await
@@ -503,7 +382,9 @@ async fn a_commit_loads_back_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_version_is_a_conflict_and_writes_nothing() {
-    let (db, store) = migrated_or_skip!();
+    let Some((db, store)) = migrated().await else {
+        return;
+    };
     let state = sample_state();
     store
         .commit(
@@ -545,8 +426,10 @@ async fn a_stale_version_is_a_conflict_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_from_one_version_have_one_winner() {
-    let (db, first) = migrated_or_skip!();
-    let second = db.store();
+    let Some((db, first)) = migrated().await else {
+        return;
+    };
+    let second = store_on(&db);
     for expected in [0u64, 1, 2] {
         let mut a = sample_state();
         a.config.routes.truncate(1);
@@ -584,7 +467,7 @@ async fn concurrent_commits_from_one_version_have_one_winner() {
     );
 
     // Many writers at once: still one winner.
-    let stores: Vec<PgStore> = (0..6).map(|_| db.store()).collect();
+    let stores: Vec<PgStore> = (0..6).map(|_| store_on(&db)).collect();
     let state = sample_state();
     let results = futures::future::join_all(stores.iter().map(|s| s.commit(3, &state, &[]))).await;
     assert_eq!(
@@ -599,14 +482,16 @@ async fn concurrent_commits_from_one_version_have_one_winner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_commits_without_a_version_row() {
-    let (db, first) = migrated_or_skip!();
-    db.sql()
+    let Some((db, first)) = migrated().await else {
+        return;
+    };
+    db.client()
         .await
         .execute("DELETE FROM config_version", &[])
         .await
         .unwrap();
     assert_eq!(first.load().await, Ok(None));
-    let second = db.store();
+    let second = store_on(&db);
     let state = sample_state();
     let (ra, rb) = tokio::join!(first.commit(0, &state, &[]), second.commit(0, &state, &[]));
     let mut results = [ra, rb];
@@ -620,7 +505,9 @@ async fn concurrent_first_commits_without_a_version_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_leaves_no_audit_entry_and_no_rows() {
-    let (db, store) = migrated_or_skip!();
+    let Some((db, store)) = migrated().await else {
+        return;
+    };
     let state = sample_state();
     store
         .commit(
@@ -675,7 +562,9 @@ async fn a_failed_commit_leaves_no_audit_entry_and_no_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_pages_newest_first_with_filters() {
-    let (_db, store) = migrated_or_skip!();
+    let Some((_db, store)) = migrated().await else {
+        return;
+    };
     let state = sample_state();
     let mut with_before = entry(
         "2026-11-25T10:00:02+01:00",
@@ -938,9 +827,15 @@ async fn a_server_freezing_mid_use_fails_within_seconds() {
         eprintln!("(the relay test runs against 127.0.0.1:5432 only; skipped)");
         return;
     }
-    let (db, _) = migrated_or_skip!();
+    let Some((db, _)) = migrated().await else {
+        return;
+    };
     let (port, frozen) = freezable_relay("127.0.0.1:5432".into()).await;
-    let store = PgStore::new(&format!("postgres://postgres@127.0.0.1:{port}/{}", db.name)).unwrap();
+    let store = PgStore::new(&format!(
+        "postgres://postgres@127.0.0.1:{port}/{}",
+        db.name()
+    ))
+    .unwrap();
     assert_eq!(store.version().await, Ok(0), "works through the relay");
     frozen.store(true, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
@@ -988,7 +883,7 @@ fn run(cmd: &mut std::process::Command) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migrate_command_is_idempotent() {
-    let db = db_or_skip!();
+    let Some(db) = TestDb::create() else { return };
     let url = db.url();
     let (code, out, err) = run(&mut flexgate(&["migrate", "--database-url", &url]));
     assert_eq!(code, 0, "{err}");
@@ -1042,7 +937,7 @@ async fn the_migrate_command_is_idempotent() {
     assert!(err.contains("invalid database URL"), "{err}");
 
     // A newer schema: the clear error, exit 1.
-    db.sql()
+    db.client()
         .await
         .execute(
             "INSERT INTO flexgate_schema_history (version, name, checksum) VALUES (4, 'next', 'x')",

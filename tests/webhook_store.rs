@@ -1,162 +1,166 @@
-//! The PostgreSQL webhook delivery store against a real PostgreSQL, with
-//! two store instances standing for two nodes.
+//! The webhook delivery stores against one contract.
 //!
-//! Each test creates its own database (`fg_test_<random>`), dropped at the
-//! end even when the test panics, so tests run in parallel and leave
-//! nothing behind. The server is `FLEXGATE_TEST_PG` (libpq key=value
-//! settings without `dbname`; default `host=127.0.0.1 port=5432
-//! user=postgres`). When it cannot be reached the tests are skipped with a
-//! loud message, except under `CI=true`, where they fail.
+//! Every scenario of the [`DeliveryStore`] contract runs on both stores:
+//! `journal::<scenario>` (the embedded journal, a file in a temp dir) and
+//! `postgres::<scenario>` (a migrated database of its own, two store
+//! instances standing for two nodes). After them, what only PostgreSQL
+//! does: the migration, and senders on two nodes leasing at once. What only
+//! the journal does (its file: torn lines, compaction, one owning process,
+//! a restart dropping the leases) is tested beside it, in
+//! `src/webhooks/journal.rs`.
+//!
+//! The database comes from [`common::pg::TestDb`]: `FLEXGATE_TEST_PG` names
+//! the server; unreachable, the PostgreSQL tests are skipped with a loud
+//! message, except under `CI=true`, where they fail.
 
-use flexgate::pg::PgPool;
+mod common;
+
+use common::pg::TestDb;
 use flexgate::store::migrate::{self, MigrationReport, SCHEMA_VERSION};
 use flexgate::store::StoreError;
 use flexgate::webhooks::delivery::{
     Delivery, DeliveryQuery, DeliveryStatus, DeliveryStore, KEEP_FINISHED, KEEP_FINISHED_MS,
 };
+use flexgate::webhooks::journal::{JournalStore, FILE_NAME};
 use flexgate::webhooks::pg_store::PgDeliveryStore;
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio_postgres::NoTls;
-
-const DEFAULT_SERVER: &str = "host=127.0.0.1 port=5432 user=postgres";
 
 /// Far from the database's clock: every time below is the caller's.
 const T0: u64 = 1_900_000_000_000;
 
-fn server() -> String {
-    std::env::var("FLEXGATE_TEST_PG")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+// ---- the stores under test ----
+
+/// One store under test, as the scenarios see it.
+struct Subject {
+    /// A node's store.
+    a: Arc<dyn DeliveryStore>,
+    /// Another node's, on the same data: for PostgreSQL a store on a pool
+    /// of its own (as another process would be); for the journal the same
+    /// store (one process owns the file).
+    b: Arc<dyn DeliveryStore>,
+    backend: Backend,
 }
 
-/// A database of its own for one test; dropped (connections included)
-/// when the guard goes, panics included.
-struct TestDb {
-    name: String,
+enum Backend {
+    Journal(tempfile::TempDir),
+    Postgres(TestDb),
 }
 
-impl TestDb {
-    fn url(&self) -> String {
-        format!("{} dbname={}", server(), self.name)
+impl Subject {
+    fn journal() -> Subject {
+        let dir = tempfile::tempdir().unwrap();
+        Subject::open_journal(dir)
     }
 
-    fn pool(&self) -> PgPool {
-        PgPool::new(&self.url(), None).expect("valid URL")
+    fn open_journal(dir: tempfile::TempDir) -> Subject {
+        let store = JournalStore::open(&dir.path().join(FILE_NAME)).expect("open the journal");
+        let a: Arc<dyn DeliveryStore> = Arc::new(store);
+        Subject {
+            b: a.clone(),
+            a,
+            backend: Backend::Journal(dir),
+        }
     }
 
-    /// A node's store, on a pool of its own (as another process would be).
-    fn node(&self, name: &str) -> PgDeliveryStore {
-        PgDeliveryStore::new(self.pool(), name)
+    /// `None`: the test is skipped (no PostgreSQL, outside CI).
+    async fn postgres() -> Option<Subject> {
+        let db = TestDb::migrated().await?;
+        Some(Subject::pg_nodes(db))
     }
 
-    /// A direct connection, for looking behind the store's back.
-    async fn sql(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(), NoTls)
-            .await
-            .expect("connect to the test database");
-        tokio::spawn(conn);
-        client
+    fn pg_nodes(db: TestDb) -> Subject {
+        Subject {
+            a: Arc::new(node(&db, "a")),
+            b: Arc::new(node(&db, "b")),
+            backend: Backend::Postgres(db),
+        }
     }
 
-    async fn count(&self, sql: &str) -> i64 {
-        self.sql().await.query_one(sql, &[]).await.unwrap().get(0)
+    fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Journal(_) => "journal",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The stores again, as after a restart: the journal is read back from
+    /// its file; PostgreSQL gets new nodes.
+    fn restart(self) -> Subject {
+        let Subject { a, b, backend } = self;
+        // The journal's owner lets go of the file first.
+        drop((a, b));
+        match backend {
+            Backend::Journal(dir) => Subject::open_journal(dir),
+            Backend::Postgres(db) => Subject::pg_nodes(db),
+        }
+    }
+
+    /// The database, for looking behind the store's back.
+    fn pg(&self) -> Option<&TestDb> {
+        match &self.backend {
+            Backend::Postgres(db) => Some(db),
+            Backend::Journal(_) => None,
+        }
+    }
+
+    fn journal_file(&self) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Journal(dir) => Some(dir.path().join(FILE_NAME)),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The lines of the journal file.
+    fn journal_lines(&self) -> Option<usize> {
+        let file = self.journal_file()?;
+        Some(std::fs::read_to_string(file).unwrap().lines().count())
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Own thread and runtime: works from any test runtime, and while
-        // unwinding.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let admin = format!("{} dbname=postgres", server());
-                if let Ok((client, conn)) = tokio_postgres::connect(&admin, NoTls).await {
-                    tokio::spawn(conn);
-                    if let Err(e) = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await
-                    {
-                        eprintln!("could not drop test database {name}: {e}");
-                    }
+/// A PostgreSQL node's store, on a pool of its own.
+fn node(db: &TestDb, name: &str) -> PgDeliveryStore {
+    PgDeliveryStore::new(db.pool(), name)
+}
+
+/// Runs each scenario on both stores: `journal::<scenario>` and
+/// `postgres::<scenario>`.
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod journal {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Subject::journal()).await;
                 }
-            })
-        })
-        .join();
-    }
-}
-
-/// A fresh empty database, or `None` (test skipped) when PostgreSQL cannot
-/// be reached outside CI.
-async fn fresh_db() -> Option<TestDb> {
-    let admin = format!("{} dbname=postgres", server());
-    let connect = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio_postgres::connect(&admin, NoTls),
-    )
-    .await;
-    let client = match connect {
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(conn);
-            client
+            )*
         }
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => "no answer within 3s".to_string(),
-            };
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("PostgreSQL not reachable at {admin:?} ({why}) and CI=true");
-            }
-            // Straight to the process's stderr: the harness would swallow
-            // eprintln! of a passing test.
-            let msg = format!(
-                "\n*** SKIPPED: PostgreSQL not reachable at {admin:?} ({why}); \
-                 set FLEXGATE_TEST_PG or start PostgreSQL to run this test ***\n"
-            );
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
-            return None;
-        }
-    };
-    let name = format!("fg_test_{:016x}", fastrand::u64(..));
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the test database");
-    Some(TestDb { name })
-}
 
-macro_rules! db_or_skip {
-    () => {
-        match fresh_db().await {
-            Some(db) => db,
-            None => return,
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let Some(s) = super::Subject::postgres().await else {
+                        return;
+                    };
+                    super::$scenario(s).await;
+                }
+            )*
         }
     };
 }
 
-/// A fresh database with the schema applied.
-async fn migrated() -> Option<TestDb> {
-    let db = fresh_db().await?;
-    migrate::run(&db.pool()).await.expect("migrate");
-    Some(db)
-}
+on_both_stores!(
+    enqueue_makes_one_delivery_per_event,
+    leases_are_exclusive_until_they_expire,
+    finish_releases_the_lease_and_replay_revives,
+    the_log_pages_newest_first_with_filters,
+    outcomes_track_since_when_a_subscription_fails,
+    prune_keeps_recent_finished_and_live_subscriptions_only,
+);
 
-macro_rules! migrated_or_skip {
-    () => {
-        match migrated().await {
-            Some(db) => db,
-            None => return,
-        }
-    };
-}
+// ---- helpers ----
 
 fn dlv(id: &str, webhook: &str, event: &str, created_ms: u64) -> Delivery {
     Delivery {
@@ -209,227 +213,155 @@ fn page(limit: usize, status: Option<&str>, before: Option<&str>) -> DeliveryQue
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_migration_adds_the_delivery_tables() {
-    let db = db_or_skip!();
-    assert_eq!(SCHEMA_VERSION, 3);
-    assert_eq!(
-        migrate::run(&db.pool()).await.unwrap(),
-        MigrationReport {
-            version: 3,
-            applied: vec![1, 2, 3]
-        }
-    );
-    assert_eq!(
-        migrate::run(&db.pool()).await.unwrap(),
-        MigrationReport {
-            version: 3,
-            applied: vec![]
-        }
-    );
-    assert_eq!(
-        db.count(
-            "SELECT count(*) FROM pg_indexes WHERE tablename = 'flexgate_webhook_deliveries' \
-             AND indexname IN ('flexgate_webhook_deliveries_due_idx', \
-             'flexgate_webhook_deliveries_log_idx')"
-        )
-        .await,
-        2
-    );
-    // The status is checked by the database too.
-    let err = db
-        .sql()
+/// One page of the largest size.
+async fn everything(s: &dyn DeliveryStore, webhook: &str) -> Vec<Delivery> {
+    s.list(webhook, &page(500, None, None))
         .await
-        .execute(
-            "INSERT INTO flexgate_webhook_deliveries (id, webhook_id, event_id, event_type, \
-             payload, status, created_at, updated_at) \
-             VALUES ('x', 'w', 'e', 't', '{}', 'lost', now(), now())",
-            &[],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.as_db_error().map(|e| e.code().code()),
-        Some("23514"),
-        "a check violation: {err:?}"
-    );
-    assert_eq!(db.node("a").kind(), "postgres");
-    // Before the migration ran: a clear error, not a panic.
-    let bare = db_or_skip!();
-    match bare.node("a").pending_counts().await {
-        Err(StoreError::Invalid(m)) => assert!(m.contains("flexgate migrate"), "{m}"),
-        other => panic!("{other:?}"),
+        .unwrap()
+        .deliveries
+}
+
+/// Every page.
+async fn all_pages(s: &dyn DeliveryStore, webhook: &str) -> Vec<Delivery> {
+    let mut all = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let p = s
+            .list(webhook, &page(500, None, before.as_deref()))
+            .await
+            .unwrap();
+        all.extend(p.deliveries);
+        match p.next {
+            Some(n) => before = Some(n),
+            None => return all,
+        }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enqueue_makes_one_delivery_per_event_across_nodes() {
-    let db = migrated_or_skip!();
-    let (a, b) = (db.node("a"), db.node("b"));
-    // Both nodes produce the same cluster-wide events (each its own ids).
+// ---- the contract: every scenario on both stores ----
+
+async fn enqueue_makes_one_delivery_per_event(s: Subject) {
+    let (a, b) = (&*s.a, &*s.b);
+    assert_eq!(a.kind(), s.kind());
+    let batch = [
+        dlv("d1", "w1", "e1", T0),
+        dlv("d2", "w1", "e2", T0 + 1),
+        // The same event for the same subscription, in the same batch.
+        dlv("d3", "w1", "e1", T0 + 2),
+        // The same event for another subscription is another delivery.
+        dlv("d4", "w2", "e1", T0 + 3),
+    ];
+    assert_eq!(a.enqueue(&batch).await.unwrap(), 3);
+    if let Some(lines) = s.journal_lines() {
+        assert_eq!(lines, 3, "one line per delivery added");
+    }
+    // Another node's copy of the same events, and one new one.
+    let again = [
+        dlv("x1", "w1", "e1", T0 + 10),
+        dlv("x2", "w1", "e3", T0 + 11),
+        // An id stored already.
+        dlv("d2", "w1", "e9", T0 + 12),
+    ];
+    assert_eq!(b.enqueue(&again).await.unwrap(), 1);
+    assert_eq!(a.enqueue(&[]).await.unwrap(), 0);
+    assert_eq!(ids(&everything(a, "w1").await), ["x2", "d2", "d1"]);
+    assert_eq!(
+        b.pending_counts().await.unwrap(),
+        HashMap::from([("w1".to_string(), 3), ("w2".to_string(), 1)])
+    );
+    // A pending delivery without a due time is due at once.
+    let mut n = dlv("d5", "w3", "e1", T0 + 5);
+    n.next_attempt_ms = None;
+    assert_eq!(a.enqueue(&[n]).await.unwrap(), 1);
+    let got = b.get("w3", "d5").await.unwrap().unwrap();
+    assert_eq!(got.next_attempt_ms, Some(T0 + 5));
+    assert_eq!(
+        b.get("w1", "d5").await.unwrap(),
+        None,
+        "another subscription's"
+    );
+
+    // Both nodes produce the same cluster-wide events (each its own ids),
+    // at the same time.
     let batch = |node: &str| -> Vec<Delivery> {
         (0..50)
-            .map(|i| dlv(&format!("{node}-{i}"), "w1", &format!("evt-{i}"), T0 + i))
+            .map(|i| dlv(&format!("{node}-{i}"), "c1", &format!("evt-{i}"), T0 + i))
             .collect()
     };
     let (ba, bb) = (batch("a"), batch("b"));
     let (ra, rb) = tokio::join!(a.enqueue(&ba), b.enqueue(&bb));
     assert_eq!(ra.unwrap() + rb.unwrap(), 50);
-    assert_eq!(
-        db.count("SELECT count(*) FROM flexgate_webhook_deliveries")
-            .await,
-        50
-    );
+    if let Some(db) = s.pg() {
+        assert_eq!(
+            db.int("SELECT count(*) FROM flexgate_webhook_deliveries WHERE webhook_id = 'c1'")
+                .await,
+            50
+        );
+    }
     // Again, and the same events for another subscription, and duplicates
     // within one batch.
     let mut more = batch("c");
-    more.push(dlv("w2-1", "w2", "evt-1", T0));
-    more.push(dlv("w2-1b", "w2", "evt-1", T0));
+    more.push(dlv("c2-1", "c2", "evt-1", T0));
+    more.push(dlv("c2-1b", "c2", "evt-1", T0));
     assert_eq!(a.enqueue(&more).await.unwrap(), 1);
-    assert_eq!(a.enqueue(&[]).await.unwrap(), 0);
     // A stored id is skipped too (a batch sent again).
     assert_eq!(
-        b.enqueue(&[dlv("w2-1", "w2", "evt-other", T0)])
+        b.enqueue(&[dlv("c2-1", "c2", "evt-other", T0)])
             .await
             .unwrap(),
         0
     );
     // A batch larger than one INSERT.
     let big: Vec<Delivery> = (0..1234)
-        .map(|i| dlv(&format!("big-{i:05}"), "w3", &format!("e{i}"), T0 + i))
+        .map(|i| dlv(&format!("big-{i:05}"), "c3", &format!("e{i}"), T0 + i))
         .collect();
     assert_eq!(b.enqueue(&big).await.unwrap(), 1234);
     assert_eq!(a.enqueue(&big[1000..]).await.unwrap(), 0);
     assert_eq!(
         a.pending_counts().await.unwrap(),
         HashMap::from([
-            ("w1".to_string(), 50),
+            ("w1".to_string(), 3),
             ("w2".to_string(), 1),
-            ("w3".to_string(), 1234)
+            ("w3".to_string(), 1),
+            ("c1".to_string(), 50),
+            ("c2".to_string(), 1),
+            ("c3".to_string(), 1234)
         ])
     );
     // Read back exactly as written (payload byte for byte, times to the ms).
-    let stored = a.get("w3", "big-00007").await.unwrap().unwrap();
+    let stored = a.get("c3", "big-00007").await.unwrap().unwrap();
     assert_eq!(stored, big[7]);
-    assert_eq!(a.get("w1", "big-00007").await.unwrap(), None);
-    // A pending delivery without a due time is due at once.
-    let mut n = dlv("n1", "w4", "e1", T0 + 5);
-    n.next_attempt_ms = None;
-    a.enqueue(&[n]).await.unwrap();
-    assert_eq!(
-        a.get("w4", "n1").await.unwrap().unwrap().next_attempt_ms,
-        Some(T0 + 5)
-    );
+    assert_eq!(a.get("c1", "big-00007").await.unwrap(), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_senders_on_two_nodes_never_share_a_delivery() {
-    let db = migrated_or_skip!();
-    let nodes = [Arc::new(db.node("a")), Arc::new(db.node("b"))];
-    let all: Vec<Delivery> = (0..200)
-        .map(|i| {
-            let w = ["w1", "w2"][i as usize % 2];
-            dlv(&format!("d{i:03}"), w, &format!("e{i}"), T0 + i % 17)
-        })
+async fn leases_are_exclusive_until_they_expire(s: Subject) {
+    let (a, b) = (&*s.a, &*s.b);
+    let mut batch: Vec<Delivery> = (0..5)
+        .map(|i| dlv(&format!("d{i}"), "w1", &format!("e{i}"), T0 + i))
         .collect();
-    nodes[0].enqueue(&all).await.unwrap();
+    // Due later; and one of a subscription not asked for.
+    batch.push(Delivery {
+        next_attempt_ms: Some(T0 + 60_000),
+        ..dlv("later", "w1", "later", T0)
+    });
+    batch.push(dlv("other", "w2", "e0", T0));
+    a.enqueue(&batch).await.unwrap();
     let now = T0 + 1000;
-    let webhooks = hooks(&["w1", "w2"]);
-    // Two senders per node, each leasing batches of 10 until none is left.
-    let mut tasks = Vec::new();
-    for (n, node) in nodes.iter().enumerate() {
-        for _ in 0..2 {
-            let (node, webhooks) = (node.clone(), webhooks.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut got = Vec::new();
-                loop {
-                    let batch = node.lease_due(&webhooks, now, 60_000, 10).await.unwrap();
-                    if batch.is_empty() {
-                        return (n, got);
-                    }
-                    assert!(batch.len() <= 10);
-                    got.extend(batch.into_iter().map(|d| d.id));
-                    tokio::task::yield_now().await;
-                }
-            }));
-        }
-    }
-    let mut seen = HashSet::new();
-    let mut per_node = [0usize; 2];
-    for t in tasks {
-        let (n, got) = t.await.unwrap();
-        per_node[n] += got.len();
-        for id in got {
-            assert!(seen.insert(id.clone()), "{id} was leased twice");
-        }
-    }
-    assert_eq!(seen.len(), 200, "every delivery was leased");
-    assert_eq!(per_node[0] + per_node[1], 200);
-    let sql = db.sql().await;
-    let holders: Vec<(String, i64)> = sql
-        .query(
-            "SELECT leased_by, count(*) FROM flexgate_webhook_deliveries \
-             GROUP BY leased_by ORDER BY leased_by",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(
-        holders,
-        [
-            ("a".to_string(), per_node[0] as i64),
-            ("b".to_string(), per_node[1] as i64)
-        ]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect::<Vec<_>>()
-    );
-    // Oldest due first: a fresh lease after expiry returns them in order.
-    let again = nodes[1]
-        .lease_due(&webhooks, now + 60_001, 1000, 5)
-        .await
-        .unwrap();
-    let mut expected: Vec<&Delivery> = all.iter().collect();
-    expected.sort_by_key(|d| (d.next_attempt_ms, d.created_ms, d.id.clone()));
-    assert_eq!(
-        again.iter().map(|d| d.created_ms).collect::<Vec<_>>(),
-        expected[..5]
-            .iter()
-            .map(|d| d.created_ms)
-            .collect::<Vec<_>>()
-    );
-}
+    let w1 = hooks(&["w1", "w1"]);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_lease_goes_to_another_node() {
-    let db = migrated_or_skip!();
-    let (a, b) = (db.node("node-a"), db.node("node-b"));
-    assert_eq!(a.node(), "node-a");
-    a.enqueue(&[
-        dlv("d1", "w1", "e1", T0),
-        Delivery {
-            next_attempt_ms: Some(T0 + 50_000),
-            ..dlv("later", "w1", "e2", T0)
-        },
-        dlv("other", "w9", "e1", T0),
-    ])
-    .await
-    .unwrap();
-    let w1 = hooks(&["w1"]);
-    let now = T0 + 100;
-    let leased = a.lease_due(&w1, now, 30_000, 10).await.unwrap();
+    let first = a.lease_due(&w1, now, 30_000, 3).await.unwrap();
     assert_eq!(
-        ids(&leased),
-        ["d1"],
-        "only what is due, of the listed webhooks"
+        ids(&first),
+        ["d0", "d1", "d2"],
+        "oldest due first, only what is due, of the listed webhooks"
     );
-    assert_eq!(leased[0], dlv("d1", "w1", "e1", T0));
-    assert!(a.lease_due(&[], now, 30_000, 10).await.unwrap().is_empty());
+    assert_eq!(first[0], dlv("d0", "w1", "e0", T0));
+    let second = b.lease_due(&w1, now, 30_000, 3).await.unwrap();
+    assert_eq!(ids(&second), ["d3", "d4"], "never what is leased");
+    assert!(a.lease_due(&w1, now, 30_000, 3).await.unwrap().is_empty());
+    assert!(a.lease_due(&[], now, 30_000, 3).await.unwrap().is_empty());
     assert!(a.lease_due(&w1, now, 30_000, 0).await.unwrap().is_empty());
-    // Held: nobody else gets it, up to the lease's last millisecond.
+    // Held: nobody else gets them, up to the lease's last millisecond.
     assert!(b
         .lease_due(&w1, now + 1, 30_000, 10)
         .await
@@ -440,63 +372,137 @@ async fn an_expired_lease_goes_to_another_node() {
         .await
         .unwrap()
         .is_empty());
-    // Node a stalls past its lease; node b takes the delivery.
+    // Expired: due again (a sender that died mid-attempt, a node that
+    // stalled past its lease), and another node takes them.
     let taken = b.lease_due(&w1, now + 30_001, 30_000, 10).await.unwrap();
-    assert_eq!(ids(&taken), ["d1"]);
-    // Node a's late outcome is not recorded: b holds the lease.
-    let late = finished(leased[0].clone(), DeliveryStatus::Failed, now + 30_500);
+    assert_eq!(ids(&taken), ["d0", "d1", "d2", "d3", "d4"]);
+    // The first lease's late outcome.
+    let late = finished(first[0].clone(), DeliveryStatus::Failed, now + 30_500);
     a.finish(&late).await.unwrap();
-    assert_eq!(
-        a.get("w1", "d1").await.unwrap().unwrap().status,
-        DeliveryStatus::Pending
-    );
+    let status = a.get("w1", "d0").await.unwrap().unwrap().status;
+    if s.pg().is_some() {
+        // Not recorded: another node holds the lease.
+        assert_eq!(status, DeliveryStatus::Pending);
+    } else {
+        // One process: of two finishes the later one wins.
+        assert_eq!(status, DeliveryStatus::Failed);
+    }
     let done = finished(taken[0].clone(), DeliveryStatus::Succeeded, now + 31_000);
     b.finish(&done).await.unwrap();
-    assert_eq!(a.get("w1", "d1").await.unwrap(), Some(done.clone()));
-    let lease: (Option<String>, bool) = {
+    assert_eq!(a.get("w1", "d0").await.unwrap(), Some(done.clone()));
+    if let Some(db) = s.pg() {
         let r = db
-            .sql()
+            .client()
             .await
             .query_one(
                 "SELECT leased_by, lease_until IS NULL FROM flexgate_webhook_deliveries \
-                 WHERE id = 'd1'",
+                 WHERE id = 'd0'",
                 &[],
             )
             .await
             .unwrap();
-        (r.get(0), r.get(1))
-    };
-    assert_eq!(
-        lease,
-        (Some("node-b".to_string()), true),
-        "finish ends the lease and keeps who made the attempt"
-    );
+        let lease: (Option<String>, bool) = (r.get(0), r.get(1));
+        assert_eq!(
+            lease,
+            (Some("b".to_string()), true),
+            "finish ends the lease and keeps who made the attempt"
+        );
+    }
+    for d in &taken[1..] {
+        b.finish(&finished(
+            d.clone(),
+            DeliveryStatus::Succeeded,
+            now + 31_000,
+        ))
+        .await
+        .unwrap();
+    }
 
+    // The later one when it is due; the other subscription's when asked.
+    let d = a
+        .lease_due(&hooks(&["w1", "w2"]), T0 + 60_000, 1000, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&d), ["other", "later"]);
     // A lease that expired without being taken still belongs to its node.
-    let l = b.lease_due(&w1, T0 + 50_000, 1_000, 10).await.unwrap();
-    assert_eq!(ids(&l), ["later"]);
-    let mut retry = l[0].clone();
+    let mut retry = d[1].clone();
     retry.attempts = 1;
-    retry.updated_ms = T0 + 60_000;
+    retry.updated_ms = T0 + 65_000;
     retry.next_attempt_ms = Some(T0 + 70_000);
     retry.last_error = Some("timeout".into());
-    b.finish(&retry).await.unwrap();
-    assert_eq!(a.get("w1", "later").await.unwrap(), Some(retry));
-    assert!(a
+    a.finish(&retry).await.unwrap();
+    assert_eq!(b.get("w1", "later").await.unwrap(), Some(retry));
+    assert!(b
         .lease_due(&w1, T0 + 69_999, 1_000, 10)
         .await
         .unwrap()
         .is_empty());
     assert_eq!(
-        ids(&a.lease_due(&w1, T0 + 70_000, 1_000, 10).await.unwrap()),
+        ids(&b.lease_due(&w1, T0 + 70_000, 1_000, 10).await.unwrap()),
         ["later"]
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finish_replay_and_the_delivery_log() {
-    let db = migrated_or_skip!();
-    let (a, b) = (db.node("a"), db.node("b"));
+async fn finish_releases_the_lease_and_replay_revives(s: Subject) {
+    let (a, b) = (&*s.a, &*s.b);
+    a.enqueue(&[dlv("d1", "w1", "e1", T0), dlv("d2", "w1", "e2", T0 + 1)])
+        .await
+        .unwrap();
+    let w1 = hooks(&["w1"]);
+    let leased = a.lease_due(&w1, T0 + 5, 30_000, 10).await.unwrap();
+    assert_eq!(leased.len(), 2);
+
+    // d1 fails for good; d2 is retried later.
+    let dead = finished(leased[0].clone(), DeliveryStatus::Failed, T0 + 10);
+    a.finish(&dead).await.unwrap();
+    let mut retry = leased[1].clone();
+    retry.attempts = 1;
+    retry.updated_ms = T0 + 10;
+    retry.next_attempt_ms = Some(T0 + 5_000);
+    retry.last_error = Some("connection refused".into());
+    a.finish(&retry).await.unwrap();
+    assert_eq!(b.get("w1", "d1").await.unwrap(), Some(dead.clone()));
+    assert_eq!(b.get("w1", "d2").await.unwrap(), Some(retry.clone()));
+    // The lease is released, and the retry is due at its time only.
+    assert!(b
+        .lease_due(&w1, T0 + 4_999, 30_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        ids(&b.lease_due(&w1, T0 + 5_000, 30_000, 10).await.unwrap()),
+        ["d2"]
+    );
+    assert_eq!(
+        b.pending_counts().await.unwrap(),
+        HashMap::from([("w1".to_string(), 1)])
+    );
+
+    // Replay: pending, due now, attempts from 0, the last attempt kept.
+    let r = b.replay("w1", "d1", T0 + 20).await.unwrap().unwrap();
+    assert_eq!(r.status, DeliveryStatus::Pending);
+    assert_eq!(r.attempts, 0);
+    assert_eq!(r.next_attempt_ms, Some(T0 + 20));
+    assert_eq!(r.updated_ms, T0 + 20);
+    assert_eq!(r.last_status, dead.last_status);
+    assert_eq!(r.response_snippet, dead.response_snippet);
+    assert_eq!(a.get("w1", "d1").await.unwrap(), Some(r.clone()));
+    assert_eq!(
+        ids(&a.lease_due(&w1, T0 + 20, 30_000, 10).await.unwrap()),
+        ["d1"]
+    );
+    // A pending one is returned unchanged; unknown ones are None.
+    assert_eq!(b.replay("w1", "d1", T0 + 30).await.unwrap(), Some(r));
+    assert_eq!(b.replay("w1", "nope", T0).await.unwrap(), None);
+    assert_eq!(b.replay("w2", "d1", T0).await.unwrap(), None);
+    // Finishing a delivery that was removed meanwhile brings nothing back.
+    a.prune(&[], T0).await.unwrap();
+    a.finish(&dead).await.unwrap();
+    assert_eq!(a.get("w1", "d1").await.unwrap(), None);
+}
+
+async fn the_log_pages_newest_first_with_filters(s: Subject) {
+    let (a, b) = (&*s.a, &*s.b);
     // d0..d6; d3 and d4 created in the same millisecond (by id then).
     let created = [0, 1, 2, 3, 3, 5, 6];
     let batch: Vec<Delivery> = created
@@ -540,6 +546,7 @@ async fn finish_replay_and_the_delivery_log() {
     let p3 = b.list("w1", &page(3, None, Some("d1"))).await.unwrap();
     assert_eq!(ids(&p3.deliveries), ["d0"]);
     assert_eq!(p3.next, None);
+    // An exact last page has no next.
     let exact = b.list("w1", &page(7, None, None)).await.unwrap();
     assert_eq!((exact.deliveries.len(), exact.next), (7, None));
     assert_eq!(exact.deliveries[4], dead);
@@ -562,12 +569,13 @@ async fn finish_replay_and_the_delivery_log() {
         .await
         .unwrap();
     assert_eq!(ids(&pending.deliveries), ["d6", "d3", "d0"]);
-    assert_eq!(
-        b.list("w1", &page(5, Some("done"), None))
-            .await
-            .unwrap_err(),
-        StoreError::Invalid("status must be pending, succeeded or failed".into())
-    );
+    for w in ["w1", "nope"] {
+        assert_eq!(
+            b.list(w, &page(5, Some("done"), None)).await.unwrap_err(),
+            StoreError::Invalid("status must be pending, succeeded or failed".into())
+        );
+    }
+    // Unknown cursors (or another subscription's) and subscriptions: empty.
     for (w, before) in [("w1", Some("zz")), ("w1", Some("o1")), ("nope", None)] {
         let p = b.list(w, &page(5, None, before)).await.unwrap();
         assert!(
@@ -575,6 +583,7 @@ async fn finish_replay_and_the_delivery_log() {
             "{w} {before:?}"
         );
     }
+    // The default page size.
     assert_eq!(
         b.list("w1", &DeliveryQuery::default())
             .await
@@ -620,11 +629,12 @@ async fn finish_replay_and_the_delivery_log() {
     assert_eq!(again.last_status, Some(204));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outcomes_track_since_when_a_subscription_fails() {
-    let db = migrated_or_skip!();
-    let (a, b) = (db.node("a"), db.node("b"));
+async fn outcomes_track_since_when_a_subscription_fails(s: Subject) {
+    let (a, b) = (&*s.a, &*s.b);
     assert_eq!(a.record_outcome("w1", true, T0).await.unwrap(), None);
+    if let Some(lines) = s.journal_lines() {
+        assert_eq!(lines, 0, "nothing changed, nothing written");
+    }
     assert_eq!(
         a.record_outcome("w1", false, T0 + 1).await.unwrap(),
         Some(T0 + 1)
@@ -634,6 +644,9 @@ async fn outcomes_track_since_when_a_subscription_fails() {
         b.record_outcome("w1", false, T0 + 2).await.unwrap(),
         Some(T0 + 1)
     );
+    if let Some(lines) = s.journal_lines() {
+        assert_eq!(lines, 1);
+    }
     assert_eq!(
         b.record_outcome("w2", false, T0 + 3).await.unwrap(),
         Some(T0 + 3)
@@ -643,16 +656,17 @@ async fn outcomes_track_since_when_a_subscription_fails() {
         a.record_outcome("w1", false, T0 + 5).await.unwrap(),
         Some(T0 + 5)
     );
+    if let Some(lines) = s.journal_lines() {
+        assert_eq!(lines, 4);
+    }
     assert_eq!(
         a.record_outcome("w2", false, T0 + 6).await.unwrap(),
         Some(T0 + 3)
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prune_keeps_recent_finished_and_live_subscriptions_only() {
-    let db = migrated_or_skip!();
-    let a = db.node("a");
+async fn prune_keeps_recent_finished_and_live_subscriptions_only(s: Subject) {
+    let a = &*s.a;
     let now = T0 + KEEP_FINISHED_MS + 1_000_000;
     // w1: KEEP_FINISHED + 5 recent finished ones, an old finished one and
     // an old pending one (never pruned while its subscription lives).
@@ -682,26 +696,34 @@ async fn prune_keeps_recent_finished_and_live_subscriptions_only() {
     assert_eq!(ids(&leased), ["g2"]);
 
     a.prune(&hooks(&["w1"]), now).await.unwrap();
-    let left: HashSet<String> = db
-        .sql()
-        .await
-        .query("SELECT id FROM flexgate_webhook_deliveries", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let w1 = everything(a, "w1").await;
+    assert_eq!(w1.len(), 500);
+    let all = all_pages(a, "w1").await;
     assert_eq!(
-        left.len(),
+        all.len(),
         KEEP_FINISHED + 1,
         "the newest finished and the pending one"
     );
+    let left: HashSet<String> = all.iter().map(|d| d.id.clone()).collect();
     assert!(left.contains("old-pending"));
     assert!(!left.contains("old"));
     for i in 0..5 {
         assert!(!left.contains(&format!("f{i:04}")), "f{i:04}");
     }
     assert!(left.contains(&format!("f{:04}", KEEP_FINISHED + 4)));
+    if let Some(db) = s.pg() {
+        let rows: HashSet<String> = db
+            .client()
+            .await
+            .query("SELECT id FROM flexgate_webhook_deliveries", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(rows, left, "nothing else is left in the table");
+    }
+    assert!(everything(a, "w2").await.is_empty());
     assert_eq!(
         a.pending_counts().await.unwrap(),
         HashMap::from([("w1".to_string(), 1)])
@@ -717,16 +739,173 @@ async fn prune_keeps_recent_finished_and_live_subscriptions_only() {
         a.record_outcome("w1", false, now).await.unwrap(),
         Some(now - 50)
     );
+    // A second prune has nothing to do.
+    let size = |s: &Subject| {
+        s.journal_file()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+    };
+    let before = size(&s);
+    a.prune(&hooks(&["w1", "w2"]), now).await.unwrap();
+    assert_eq!(size(&s), before);
+    assert_eq!(everything(a, "w1").await, w1);
+
+    // And it all holds after a restart.
+    let s = s.restart();
+    let a = &*s.a;
+    assert_eq!(everything(a, "w1").await, w1);
+    assert!(everything(a, "w2").await.is_empty());
+
     // Nothing live left: everything goes.
     a.prune(&[], now).await.unwrap();
+    assert!(all_pages(a, "w1").await.is_empty());
+    assert_eq!(a.pending_counts().await.unwrap(), HashMap::new());
+    if let Some(db) = s.pg() {
+        assert_eq!(db.count("flexgate_webhook_deliveries").await, 0);
+        assert_eq!(db.count("flexgate_webhook_health").await, 0);
+    }
     assert_eq!(
-        db.count("SELECT count(*) FROM flexgate_webhook_deliveries")
-            .await,
-        0
+        a.record_outcome("w1", false, now + 1).await.unwrap(),
+        Some(now + 1),
+        "the health records went too"
+    );
+}
+
+// ---- PostgreSQL only ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_adds_the_delivery_tables() {
+    let Some(db) = TestDb::create() else { return };
+    assert_eq!(SCHEMA_VERSION, 3);
+    assert_eq!(
+        migrate::run(&db.pool()).await.unwrap(),
+        MigrationReport {
+            version: 3,
+            applied: vec![1, 2, 3]
+        }
     );
     assert_eq!(
-        db.count("SELECT count(*) FROM flexgate_webhook_health")
-            .await,
-        0
+        migrate::run(&db.pool()).await.unwrap(),
+        MigrationReport {
+            version: 3,
+            applied: vec![]
+        }
+    );
+    assert_eq!(
+        db.int(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'flexgate_webhook_deliveries' \
+             AND indexname IN ('flexgate_webhook_deliveries_due_idx', \
+             'flexgate_webhook_deliveries_log_idx')"
+        )
+        .await,
+        2
+    );
+    // The status is checked by the database too.
+    let err = db
+        .client()
+        .await
+        .execute(
+            "INSERT INTO flexgate_webhook_deliveries (id, webhook_id, event_id, event_type, \
+             payload, status, created_at, updated_at) \
+             VALUES ('x', 'w', 'e', 't', '{}', 'lost', now(), now())",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("23514"),
+        "a check violation: {err:?}"
+    );
+    assert_eq!(node(&db, "a").kind(), "postgres");
+    assert_eq!(node(&db, "node-a").node(), "node-a");
+    // Before the migration ran: a clear error, not a panic.
+    let Some(bare) = TestDb::create() else { return };
+    match node(&bare, "a").pending_counts().await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("flexgate migrate"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_senders_on_two_nodes_never_share_a_delivery() {
+    let Some(db) = TestDb::migrated().await else {
+        return;
+    };
+    let nodes = [Arc::new(node(&db, "a")), Arc::new(node(&db, "b"))];
+    let all: Vec<Delivery> = (0..200)
+        .map(|i| {
+            let w = ["w1", "w2"][i as usize % 2];
+            dlv(&format!("d{i:03}"), w, &format!("e{i}"), T0 + i % 17)
+        })
+        .collect();
+    nodes[0].enqueue(&all).await.unwrap();
+    let now = T0 + 1000;
+    let webhooks = hooks(&["w1", "w2"]);
+    // Two senders per node, each leasing batches of 10 until none is left.
+    let mut tasks = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for _ in 0..2 {
+            let (node, webhooks) = (node.clone(), webhooks.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = node.lease_due(&webhooks, now, 60_000, 10).await.unwrap();
+                    if batch.is_empty() {
+                        return (n, got);
+                    }
+                    assert!(batch.len() <= 10);
+                    got.extend(batch.into_iter().map(|d| d.id));
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut per_node = [0usize; 2];
+    for t in tasks {
+        let (n, got) = t.await.unwrap();
+        per_node[n] += got.len();
+        for id in got {
+            assert!(seen.insert(id.clone()), "{id} was leased twice");
+        }
+    }
+    assert_eq!(seen.len(), 200, "every delivery was leased");
+    assert_eq!(per_node[0] + per_node[1], 200);
+    let holders: Vec<(String, i64)> = db
+        .client()
+        .await
+        .query(
+            "SELECT leased_by, count(*) FROM flexgate_webhook_deliveries \
+             GROUP BY leased_by ORDER BY leased_by",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        holders,
+        [
+            ("a".to_string(), per_node[0] as i64),
+            ("b".to_string(), per_node[1] as i64)
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect::<Vec<_>>()
+    );
+    // Oldest due first: a fresh lease after expiry returns them in order.
+    let again = nodes[1]
+        .lease_due(&webhooks, now + 60_001, 1000, 5)
+        .await
+        .unwrap();
+    let mut expected: Vec<&Delivery> = all.iter().collect();
+    expected.sort_by_key(|d| (d.next_attempt_ms, d.created_ms, d.id.clone()));
+    assert_eq!(
+        again.iter().map(|d| d.created_ms).collect::<Vec<_>>(),
+        expected[..5]
+            .iter()
+            .map(|d| d.created_ms)
+            .collect::<Vec<_>>()
     );
 }

@@ -10,6 +10,7 @@
 mod common;
 
 use base64::Engine;
+use common::pg::TestDb;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -532,56 +533,13 @@ fn urls_the_outbound_policy_refuses_are_refused_with_their_field() {
 
 // ---- database mode ----
 
-fn sql(db: &str, statement: &str) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let url = format!("host=127.0.0.1 port=5432 user=postgres dbname={db} connect_timeout=3");
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        client
-            .batch_execute(statement)
-            .await
-            .map_err(|e| e.to_string())
-    })
-}
-
-/// A database of its own on the shared server, dropped at the end.
-struct Db(String);
-
-impl Db {
-    fn create() -> Option<Db> {
-        let name = format!("fg_webhooks_{:016x}", fastrand::u64(..));
-        match sql("postgres", &format!("CREATE DATABASE {name}")) {
-            Ok(()) => Some(Db(name)),
-            Err(e) => {
-                skip_or_fail(&format!("PostgreSQL not reachable at 127.0.0.1:5432: {e}"));
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = sql(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0),
-        );
-    }
-}
-
 #[test]
 fn two_nodes_sharing_postgres_deliver_each_event_once_even_across_a_restart() {
-    let Some(db) = Db::create() else { return };
+    let Some(db) = TestDb::create() else { return };
     let rx = TestUpstream::start("rx", Behavior::Status(503));
     let body = format!(
-        "database:\n  url: \"postgres://postgres@127.0.0.1:5432/{}\"\n{APP}webhooks:\n{}",
-        db.0,
+        "database:\n  url: \"{}\"\n{APP}webhooks:\n{}",
+        db.url(),
         hook("h", &rx, "[\"config.changed\"]", FAST)
     );
     let mut a = Gateway::start("", &body);

@@ -6,7 +6,10 @@
 //!   readiness by polling its port (no fixed sleeps), killed on drop.
 //! - [`Client`]/[`request`]: a raw HTTP/1.1 client that can send anything,
 //!   including malformed requests, and parses the response.
+//! - [`pg::TestDb`]: a PostgreSQL database of its own per test.
 #![allow(dead_code)]
+
+pub mod pg;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
