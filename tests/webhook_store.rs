@@ -208,7 +208,7 @@ fn ids(ds: &[Delivery]) -> Vec<&str> {
 fn page(limit: usize, status: Option<&str>, before: Option<&str>) -> DeliveryQuery {
     DeliveryQuery {
         limit: Some(limit),
-        status: status.map(str::to_string),
+        status: status.map(|s| DeliveryStatus::parse(s).expect("a status")),
         before: before.map(str::to_string),
     }
 }
@@ -569,12 +569,6 @@ async fn the_log_pages_newest_first_with_filters(s: Subject) {
         .await
         .unwrap();
     assert_eq!(ids(&pending.deliveries), ["d6", "d3", "d0"]);
-    for w in ["w1", "nope"] {
-        assert_eq!(
-            b.list(w, &page(5, Some("done"), None)).await.unwrap_err(),
-            StoreError::Invalid("status must be pending, succeeded or failed".into())
-        );
-    }
     // Unknown cursors (or another subscription's) and subscriptions: empty.
     for (w, before) in [("w1", Some("zz")), ("w1", Some("o1")), ("nope", None)] {
         let p = b.list(w, &page(5, None, before)).await.unwrap();

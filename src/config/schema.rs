@@ -25,8 +25,8 @@ pub fn document() -> String {
     for (name, schema) in named {
         defs.insert(name, serde_json::to_value(schema).unwrap_or(Value::Null));
     }
-    let mut root = serde_json::to_value(<FileConfig as PartialSchema>::schema())
-        .unwrap_or(Value::Null);
+    let mut root =
+        serde_json::to_value(<FileConfig as PartialSchema>::schema()).unwrap_or(Value::Null);
     let mut doc = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": ID,

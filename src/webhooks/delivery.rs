@@ -82,8 +82,8 @@ pub struct Delivery {
 #[serde(rename_all = "camelCase", default)]
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
-    /// `pending`, `succeeded` or `failed`.
-    pub status: Option<String>,
+    /// Only deliveries with this status.
+    pub status: Option<DeliveryStatus>,
     /// Page size (default 50, at most 500).
     pub limit: Option<usize>,
     /// Cursor: only deliveries created before this one (`next` of a page).
