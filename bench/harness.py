@@ -14,10 +14,16 @@ One run, one machine, one upstream (nginx, 1 worker, small static 200):
   fg-pg-off   (e) full chain in database mode, history off  (the reference of fg-pg)
   fg-pg       (e) full chain + PostgreSQL request history (fresh databases on
               127.0.0.1:5432; skipped with a message when PostgreSQL is not there)
+  fg-err      FlexGate minimal on /flaky/, which the upstream answers 500 every
+              other request (the reference of fg-err-hook)
+  fg-err-hook fg-err + a webhook on request.error whose receiver
+              (bench/slow_receiver.py, started here) answers each POST after 5 s;
+              fg-err-hook ÷ fg-err ≥ 0.95 is the goal (PASS/FAIL in the report)
 
 Phases: start (fresh idle RSS) → warm-up → interleaved rounds (order rotated
 each round), unpinned then pinned (wrk on CPU 0, servers on CPU 1) → fixed
 rate latency (oha; unpinned unless --rate-pinned) → RSS with N idle keep-alive connections →
+webhook drain (fg-err-hook: wait for the receiver to get every coalesced delivery) →
 instructions per request under callgrind (two request counts subtracted),
 split into phases (PHASES below) → report. Everything listens on 127.0.0.1 only; every process started here
 is stopped by its pid; every phase is bounded in time.
@@ -48,6 +54,9 @@ API_KEY = "bench-key-7f3a9c2e"  # its SHA-256 is in bench/flexgate-full.yaml
 UPSTREAM_PORT = 18080
 BARE_PORT = 18087
 STATUS_PORT = 18090
+RECEIVER_PORT = 18091  # bench/slow_receiver.py, the webhook receiver of fg-err-hook
+RECEIVER_DELAY = 5.0  # seconds it takes to answer each POST (the webhook's timeout is 10 s)
+COALESCE_WINDOW = 10.0  # coalesceWindow of bench/flexgate-err-hook.yaml
 README = os.path.join(BENCH, "README.md")
 MARK_START = "<!-- bench-results:start -->"
 MARK_END = "<!-- bench-results:end -->"
@@ -63,16 +72,19 @@ def log(msg):
 
 class Scenario:
     def __init__(self, key, label, port=None, kind=None, config=None, headers=(), skip=None,
-                 database=None, admin_port=None, redis=False):
+                 database=None, admin_port=None, redis=False, path="/", ok_codes=("200",), receiver=False):
         self.key, self.label, self.port, self.kind = key, label, port, kind
         self.config, self.headers, self.skip = config, list(headers), skip
-        self.database, self.admin_port = database, admin_port  # database mode (scenario e)
+        self.database, self.admin_port = database, admin_port  # database mode (scenario e); /metrics
         self.redis = redis  # needs Redis on 127.0.0.1:6379 (scenario d)
+        self.path = path  # what wrk, oha and the warm-up check ask for
+        self.ok_codes = ok_codes  # statuses the check after the warm-up accepts
+        self.receiver = receiver  # needs the slow webhook receiver (fg-err-hook)
         self.server = None  # the Server proxying (None for direct)
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}/"
+        return f"http://127.0.0.1:{self.port}{self.path}"
 
 
 SCENARIOS = [
@@ -94,7 +106,24 @@ SCENARIOS = [
     Scenario("fg-pg", "(e) full chain + PostgreSQL request history", 18084, "flexgate",
              os.path.join(BENCH, "flexgate-history-on.yaml"), headers=[f"X-API-Key: {API_KEY}"],
              database="flexgate_bench_history_on", admin_port=18194),
+    # A slow webhook receiver must not slow the proxy: the same minimal gateway
+    # on an upstream failing half its requests, without and with a webhook
+    # subscribed to request.error (coalesced; the receiver takes 5 s per POST).
+    Scenario("fg-err", "FlexGate minimal, upstream failing half its requests", 18088, "flexgate",
+             os.path.join(BENCH, "flexgate-err.yaml"), admin_port=18197, path="/flaky/",
+             ok_codes=("200", "500")),
+    Scenario("fg-err-hook", "the same + webhook on request.error, slow receiver", 18089, "flexgate",
+             os.path.join(BENCH, "flexgate-err-hook.yaml"), admin_port=18198, path="/flaky/",
+             ok_codes=("200", "500"), receiver=True),
 ]
+
+# Non-2xx answers the load generators and checks saw, per scenario, over the
+# whole run (warm-up included): compared with the webhook deliveries' counts.
+SEEN_NON2XX = {}
+
+
+def seen(key, n):
+    SEEN_NON2XX[key] = SEEN_NON2XX.get(key, 0) + n
 
 
 def redis_missing():
@@ -124,17 +153,36 @@ def prepare_database(name):
 def history_counters(sc):
     """flexgate_history_* counters of a database-mode scenario (summed over labels)."""
     out = {}
+    for name, _, value in scrape_metrics(sc.admin_port):
+        if name.startswith("flexgate_history_"):
+            key = name[len("flexgate_history_"):]
+            out[key] = out.get(key, 0) + int(value)
+    return out
+
+
+def scrape_metrics(port):
+    """[(name, labels, value)] from a FlexGate admin /metrics ([] when unreachable)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{sc.admin_port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
     except OSError:
-        return out
+        return []
+    out = []
     for line in text.splitlines():
-        if line.startswith("flexgate_history_"):
-            name, _, value = line.rpartition(" ")
-            key = name.split("{")[0][len("flexgate_history_"):]
-            out[key] = out.get(key, 0) + int(float(value))
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, labels = series.partition("{")
+        try:
+            out.append((name, dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(value)))
+        except ValueError:
+            pass
     return out
+
+
+def metric_sum(samples, name, **labels):
+    """The sum of a metric's samples whose labels include `labels`."""
+    return int(sum(v for n, lb, v in samples if n == name and all(lb.get(k) == x for k, x in labels.items())))
 
 
 # --------------------------------------------------------------------------
@@ -273,15 +321,33 @@ def start_bare(name, port, wrapper=(), timeout=30.0):
 
 
 def start_scenario(sc, wrapper=(), timeout=30.0, name=None):
-    """The server of a proxying scenario (not nginx)."""
+    """The server of a proxying scenario (not nginx). FlexGate runs a copy of
+    its config in a directory of its own under WORK/conf: the node's config
+    cache (database mode) and the webhook delivery journal
+    (flexgate-webhooks.jsonl) are written beside the config file, never in
+    bench/, and no two scenarios share them."""
     name = name or sc.key
     if sc.kind == "bare":
         return start_bare(name, sc.port, wrapper, timeout)
-    conf = sc.config
-    if sc.database:
-        conf = os.path.join(WORK, os.path.basename(sc.config))
-        shutil.copy(sc.config, conf)  # the node's config cache is written next to its config
+    conf_dir = os.path.join(WORK, "conf", sc.key)
+    os.makedirs(conf_dir, exist_ok=True)
+    conf = os.path.join(conf_dir, os.path.basename(sc.config))
+    shutil.copy(sc.config, conf)
     return start_flexgate(name, conf, sc.port, wrapper, timeout)
+
+
+def start_receiver():
+    """bench/slow_receiver.py on RECEIVER_PORT, answering each POST after RECEIVER_DELAY."""
+    s = Server("slow-receiver", [sys.executable, os.path.join(BENCH, "slow_receiver.py"), "--port",
+                                 str(RECEIVER_PORT), "--delay", str(RECEIVER_DELAY), "--log",
+                                 os.path.join(WORK, "slow-receiver.posts.jsonl")], RECEIVER_PORT)
+    s.wait_ready()
+    return s
+
+
+def receiver_stats():
+    with urllib.request.urlopen(f"http://127.0.0.1:{RECEIVER_PORT}/stats", timeout=5) as r:
+        return json.loads(r.read().decode())
 
 
 # --------------------------------------------------------------------------
@@ -380,9 +446,10 @@ def run_wrk(sc, duration, conns, pin, upstream):
     r["proxy_cpu_us"] = (c1 - c0) / 1000.0 / n if sc.server else None
     r["upstream_cpu_us"] = (u1 - u0) / 1000.0 / n
     r["up_accepts"], r["up_requests"] = a1 - a0 - 1, q1 - q0 - 1  # minus the status query
+    seen(sc.key, r["non2xx"])
     if res.returncode != 0 or r["requests"] == 0:
         log(f"  wrk failed on {sc.key}: rc={res.returncode} {res.stderr.strip()[:300]}")
-    if r["non2xx"] or r["socket_errors"]:
+    if (r["non2xx"] and "500" not in sc.ok_codes) or r["socket_errors"]:
         log(f"  {sc.key}: {r['non2xx']} non-2xx, {r['socket_errors']} socket errors")
     return r
 
@@ -399,7 +466,7 @@ def rounds_phase(active, args, upstream, pin):
             r["round"] = i + 1
             results[sc.key].append(r)
             cpu = f", proxy {r['proxy_cpu_us']:.1f} µs/req" if r["proxy_cpu_us"] is not None else ""
-            log(f"{mode} round {i + 1}/{args.rounds} {sc.key:8s} {r['rps']:9.0f} req/s "
+            log(f"{mode} round {i + 1}/{args.rounds} {sc.key:11s} {r['rps']:9.0f} req/s "
                 f"p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms{cpu}")
     return results
 
@@ -419,7 +486,7 @@ def ratio_summary(results, bases=("nginx", "bare")):
         cpu = [r["proxy_cpu_us"] for r in rs if r["proxy_cpu_us"] is not None]
         acc = sum(r["up_accepts"] for r in rs)
         req = sum(r["up_requests"] for r in rs)
-        out[key] = {"rps": statistics.median(r["rps"] for r in rs)}
+        out[key] = {"rps": statistics.median(r["rps"] for r in rs), "rps_rounds": [r["rps"] for r in rs]}
         for base in bases:
             if base not in results:
                 continue
@@ -474,7 +541,8 @@ def fixed_rate_phase(active, args, pin):
                 log(f"  oha failed on {sc.key}: {e}: {p.stderr.strip()[:300]}")
                 continue
             res[sc.key].append(r)
-            log(f"fixed {args.rate}/s round {i + 1}/{args.rate_rounds} {sc.key:8s} "
+            seen(sc.key, r["non2xx"])
+            log(f"fixed {args.rate}/s round {i + 1}/{args.rate_rounds} {sc.key:11s} "
                 f"{r['rps']:8.0f} req/s p50 {r['p50_ms']:.3f} ms p99 {r['p99_ms']:.3f} ms"
                 + (f" ({r['non2xx']} non-2xx, {r['errors']} errors)" if r["non2xx"] or r["errors"] else ""))
     summary = {}
@@ -485,6 +553,97 @@ def fixed_rate_phase(active, args, pin):
                             "rps": statistics.median(r["rps"] for r in rs),
                             "non2xx": sum(r["non2xx"] for r in rs)}
     return summary, os.path.basename(oha)
+
+
+def webhook_phase(active):
+    """After the load: waits until the slow receiver has every coalesced
+    `request.error` delivery of fg-err-hook (the sum of their `data.count`
+    equals the 5xx the gateway answered, none in flight), bounded by the
+    coalescing window + the receiver's delay + 20 s. Returns what the
+    receiver got next to what the gateway answered and the clients saw."""
+    sc = next((s for s in active if s.receiver and s.server), None)
+    if not sc:
+        return None
+    t0 = time.monotonic()
+    limit = COALESCE_WINDOW + RECEIVER_DELAY + 20
+    log(f"webhook drain: waiting (≤ {limit:.0f} s) for the receiver to get every coalesced delivery")
+    rec, gw, last_log = {}, [], t0
+    while True:
+        try:
+            rec = receiver_stats()
+        except (OSError, ValueError) as e:
+            log(f"  slow receiver unreachable: {e}")
+            rec = {}
+        gw = scrape_metrics(sc.admin_port)
+        answered = metric_sum(gw, "flexgate_requests_total", status_class="5xx")
+        done = (rec.get("in_flight") == 0 and answered > 0 and rec.get("count_sum", 0) >= answered)
+        now = time.monotonic()
+        if done or now - t0 >= limit:
+            break
+        if now - last_log >= 5:
+            log(f"  receiver: {rec.get('posts', 0)} POSTs, count sum {rec.get('count_sum', 0):,} "
+                f"of {answered:,} 5xx answered, {rec.get('in_flight', 0)} in flight")
+            last_log = now
+        time.sleep(0.5)
+    out = {
+        "receiver_delay_s": RECEIVER_DELAY,
+        "coalesce_window_s": COALESCE_WINDOW,
+        "posts": rec.get("posts"),
+        "deliveries": rec.get("deliveries"),
+        "count_sum": rec.get("count_sum"),
+        "events_sum": rec.get("events_sum"),
+        "in_flight": rec.get("in_flight"),
+        "signed": rec.get("signed"),
+        "by_type": rec.get("by_type"),
+        "gateway_5xx": metric_sum(gw, "flexgate_requests_total", status_class="5xx") if gw else None,
+        "gateway_requests": metric_sum(gw, "flexgate_requests_total") if gw else None,
+        "client_non2xx": SEEN_NON2XX.get(sc.key, 0),
+        "bus_events": metric_sum(gw, "flexgate_events_total") if gw else None,
+        "webhook_attempts": metric_sum(gw, "flexgate_webhook_attempts_total") if gw else None,
+        "webhook_attempts_2xx": metric_sum(gw, "flexgate_webhook_attempts_total", result="2xx") if gw else None,
+        "webhook_dropped": metric_sum(gw, "flexgate_webhook_dropped_total") if gw else None,
+        "waited_s": round(time.monotonic() - t0, 1),
+        "complete": bool(rec) and rec.get("in_flight") == 0 and bool(gw)
+        and rec.get("count_sum", 0) == metric_sum(gw, "flexgate_requests_total", status_class="5xx"),
+    }
+    ref = next((s for s in active if s.key == "fg-err" and s.server), None)
+    if ref:
+        out["reference_5xx"] = metric_sum(scrape_metrics(ref.admin_port), "flexgate_requests_total",
+                                          status_class="5xx")
+        out["reference_client_non2xx"] = SEEN_NON2XX.get(ref.key, 0)
+    log(f"webhook {sc.key}: the receiver got {out['posts']} POSTs ({out['deliveries']} distinct deliveries) "
+        f"standing for {out['count_sum']} request.error occurrences; the gateway answered "
+        f"{out['gateway_5xx']} 5xx, the clients saw {out['client_non2xx']:,} non-2xx; "
+        f"webhook attempts {out['webhook_attempts']}, dropped {out['webhook_dropped']} "
+        f"(waited {out['waited_s']} s)")
+    if not out["posts"]:
+        log(f"  no POST reached the receiver: see {WORK}/{sc.key}.out (is the webhook delivery store there?)")
+    elif not out["complete"]:
+        log("  the deliveries do not account for every 5xx yet (still in a window, retried or dropped)")
+    return out
+
+
+def webhook_check(data):
+    """fg-err-hook ÷ fg-err throughput, median of per-round ratios, per mode;
+    PASS when every measured mode is ≥ 0.95 and the receiver got POSTs (a
+    receiver that got none was not exercised: FAIL, whatever the ratio)."""
+    out = {}
+    for mode in ("unpinned", "pinned"):
+        summ = data.get(mode) or {}
+        w, o = summ.get("fg-err-hook", {}).get("rps_rounds"), summ.get("fg-err", {}).get("rps_rounds")
+        if not (w and o):
+            continue
+        ratios = [a / b for a, b in zip(w, o) if b]
+        if ratios:
+            out[mode] = {"ratio": statistics.median(ratios), "ratios": ratios}
+    if not out:
+        return None
+    out["goal"] = 0.95
+    wh = data.get("webhook")
+    out["receiver_exercised"] = bool(wh and wh.get("posts"))
+    out["pass"] = out["receiver_exercised"] and all(out[k]["ratio"] >= 0.95 for k in ("unpinned", "pinned")
+                                                    if k in out)
+    return out
 
 
 def memory_phase(active, args):
@@ -518,7 +677,7 @@ def memory_phase(active, args):
                 p.kill()
                 p.wait()
         out[sc.key] = {"rss_kb": rss, "held": ok}
-        log(f"memory {sc.key:8s} {ok} connections held: RSS {rss / 1024:.1f} MB")
+        log(f"memory {sc.key:11s} {ok} connections held: RSS {rss / 1024:.1f} MB")
         time.sleep(1.0)
     return out
 
@@ -990,14 +1149,14 @@ def callgrind_phase(args, upstream, active):
         per = (ir2 - ir1) / (r2 - r1)
         out[sc.key] = {"instr_per_req": per, "requests": [r1, r2], "ir": [ir1, ir2],
                        "profile": os.path.join(WORK, dumps[-1])}
-        log(f"callgrind {sc.key:8s} {per:,.0f} instructions/request "
+        log(f"callgrind {sc.key:11s} {per:,.0f} instructions/request "
             f"({r1} and {r2} requests: {ir1:,} and {ir2:,} Ir)")
         if sc.kind in ("bare", "flexgate"):
             t0 = time.monotonic()
             phases, fn_self, fn_incl = phase_budget(CallgrindProfile(os.path.join(WORK, dumps[-2])),
                                                     CallgrindProfile(os.path.join(WORK, dumps[-1])), (r1, r2))
             out[sc.key].update(phases=phases, fn_self=fn_self, fn_incl=fn_incl)
-            log(f"callgrind {sc.key:8s} phases ({time.monotonic() - t0:.0f} s): "
+            log(f"callgrind {sc.key:11s} phases ({time.monotonic() - t0:.0f} s): "
                 + ", ".join(f"{k} {v:,.0f}" for k, v in phases.items()))
     # Top functions of each larger dump, for the profile.
     if shutil.which("callgrind_annotate"):
@@ -1190,10 +1349,52 @@ def render(args, data):
         target("Request history rows (e): written / dropped (queue full + failed writes)",
                f"{hist.get('written_total', 0):,} / {hist.get('dropped_total', 0):,}", "0 dropped",
                hist.get("dropped_total", 0) == 0)
+    wc, wh = data.get("webhook_check"), data.get("webhook")
+    if wc:
+        for mode in ("unpinned", "pinned"):
+            m = wc.get(mode)
+            if m:
+                target(f"Slow webhook receiver: throughput with a webhook on request.error ÷ without, upstream "
+                       f"failing half its requests (fg-err-hook ÷ fg-err, {mode}, median of rounds)",
+                       f"{m['ratio']:.3f}× (rounds: {', '.join(f'{r:.3f}' for r in m['ratios'])}) "
+                       f"{'PASS' if m['ratio'] >= 0.95 else 'FAIL'}", "≥ 0.95×", m["ratio"] >= 0.95)
+    if wh:
+        target("Slow webhook receiver: POSTs received (distinct deliveries) / request.error occurrences they "
+               "carry / 5xx the gateway answered (clients saw)",
+               f"{fmt(wh.get('posts'), ',')} ({fmt(wh.get('deliveries'), ',')}) / {fmt(wh.get('count_sum'), ',')} / "
+               f"{fmt(wh.get('gateway_5xx'), ',')} ({wh.get('client_non2xx', 0):,})",
+               "a handful of POSTs; counts equal", bool(wh.get("posts")) and bool(wh.get("complete")))
+    if wc or wh:
+        lines.append(webhook_summary(wc, wh))
+        lines.append("")
     lines.append("| Target | Goal | Measured | |")
     lines.append("|---|---|---|---|")
     lines += t
     return "\n".join(lines)
+
+
+def webhook_summary(wc, wh):
+    """One paragraph: the slow-receiver check, PASS/FAIL, and what the receiver got."""
+    parts = []
+    if wc:
+        modes = ", ".join(f"{wc[m]['ratio']:.3f}× {m}" for m in ("unpinned", "pinned") if m in wc)
+        parts.append(f"**Slow webhook receiver: {'PASS' if wc['pass'] else 'FAIL'}** — throughput with a webhook "
+                     f"subscribed to `request.error` ÷ without (fg-err-hook ÷ fg-err, upstream failing half its "
+                     f"requests, median of per-round ratios): {modes} (goal ≥ 0.95×)"
+                     + ("." if wc.get("receiver_exercised") else
+                        "; but no POST reached the receiver, so the slow receiver was not exercised."))
+    else:
+        parts.append("**Slow webhook receiver: not measured** (needs fg-err and fg-err-hook in the rounds).")
+    if wh:
+        parts.append(f"The receiver (answering each POST after {wh['receiver_delay_s']:g} s; coalescing window "
+                     f"{wh['coalesce_window_s']:g} s) got {fmt(wh.get('posts'), ',')} POSTs "
+                     f"({fmt(wh.get('deliveries'), ',')} distinct deliveries, "
+                     f"{fmt(wh.get('events_sum'), ',')} bus events folded in) standing for "
+                     f"{fmt(wh.get('count_sum'), ',')} `request.error` occurrences; the gateway answered "
+                     f"{fmt(wh.get('gateway_5xx'), ',')} 5xx out of {fmt(wh.get('gateway_requests'), ',')} "
+                     f"requests and the clients saw {wh.get('client_non2xx', 0):,} non-2xx (requests cut off "
+                     f"at the end of a wrk run are answered but not counted by wrk).")
+    return " ".join(parts)
 
 
 # --------------------------------------------------------------------------
@@ -1214,7 +1415,8 @@ def main():
     ap.add_argument("--hold-conns", type=int, help="idle keep-alive connections held for RSS (default 2000)")
     ap.add_argument("--cg-requests", help="callgrind request counts N1,N2 (default 2000,10000)")
     ap.add_argument("--only", help="comma-separated scenario keys (direct,nginx,bare,fg-min,fg-full,fg-redis,"
-                    "fg-pg-off,fg-pg); nginx and bare, the baselines of the ratios, are always kept")
+                    "fg-pg-off,fg-pg,fg-err,fg-err-hook); nginx and bare, the baselines of the ratios, are always "
+                    "kept, and fg-err with fg-err-hook (its reference)")
     ap.add_argument("--no-pinned", action="store_true", help="skip the pinned (taskset) rounds")
     ap.add_argument("--rate-pinned", action="store_true",
                     help="run the fixed-rate phase pinned (oha on CPU 0, servers on CPU 1); default unpinned")
@@ -1252,6 +1454,8 @@ def main():
     active = [sc for sc in SCENARIOS if not sc.skip]
     if args.only:
         keep = set(args.only.split(",")) | {"nginx", "bare"}  # ratios need the baselines
+        if "fg-err-hook" in keep:
+            keep.add("fg-err")
         active = [sc for sc in active if sc.key in keep]
     for sc in active:
         if sc.database:
@@ -1271,10 +1475,11 @@ def main():
     except OSError:
         raise SystemExit(f"another bench run holds {WORK}/.lock")
     for f in os.listdir(WORK):
-        if f.endswith((".out", ".log", ".pid", ".sock", ".txt", ".tsv")) or f.startswith("callgrind."):
+        if f.endswith((".out", ".log", ".pid", ".sock", ".txt", ".tsv", ".jsonl")) or f.startswith("callgrind."):
             os.remove(os.path.join(WORK, f))
-    busy = [p for p in (UPSTREAM_PORT, STATUS_PORT, 18081, 18082, 18083, 18084, 18085, 18086, BARE_PORT, 18194,
-                        18195, 18196)
+    shutil.rmtree(os.path.join(WORK, "conf"), ignore_errors=True)  # copies of the configs, webhook journals
+    busy = [p for p in (UPSTREAM_PORT, STATUS_PORT, 18081, 18082, 18083, 18084, 18085, 18086, BARE_PORT, 18088,
+                        18089, RECEIVER_PORT, 18194, 18195, 18196, 18197, 18198)
             if not port_free(p)]
     if busy:
         raise SystemExit(f"ports in use on 127.0.0.1: {busy} (a previous run still alive?)")
@@ -1300,6 +1505,9 @@ def main():
         log("starting the upstream (nginx, 1 worker) and the proxies")
         upstream = start_nginx("upstream", os.path.join(BENCH, "nginx-upstream.conf"), UPSTREAM_PORT)
         servers = [upstream]
+        if any(sc.receiver for sc in active):
+            log(f"starting the slow webhook receiver on 127.0.0.1:{RECEIVER_PORT} ({RECEIVER_DELAY:g} s per POST)")
+            servers.append(start_receiver())
         for sc in active:
             if sc.kind == "nginx":
                 sc.server = start_nginx("nginx-proxy", sc.config, sc.port)
@@ -1310,19 +1518,22 @@ def main():
         time.sleep(1.0)
         data["idle_rss"] = {sc.key: rss_kb(sc.server.pids()) / 1024 for sc in active if sc.server}
         for k, v in data["idle_rss"].items():
-            log(f"idle RSS {k:8s} {v:.1f} MB")
+            log(f"idle RSS {k:11s} {v:.1f} MB")
 
         if args.warmup:
             log(f"warm-up: {args.warmup} s per scenario")
             for sc in active:
-                subprocess.run(wrk_argv(sc, args.warmup, args.conns, False), capture_output=True,
-                               timeout=args.warmup + 60)
+                w = subprocess.run(wrk_argv(sc, args.warmup, args.conns, False), capture_output=True, text=True,
+                                   timeout=args.warmup + 60)
+                seen(sc.key, parse_wrk(w.stdout)["non2xx"])
                 check = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"]
                                        + sum((["-H", h] for h in sc.headers), []) + [sc.url],
                                        capture_output=True, text=True, timeout=10) \
                     if shutil.which("curl") else None
-                if check and check.stdout != "200":
-                    raise SystemExit(f"{sc.key} answers {check.stdout}, not 200")
+                if check:
+                    seen(sc.key, int(not check.stdout.startswith("2")))
+                if check and check.stdout not in sc.ok_codes:
+                    raise SystemExit(f"{sc.key} answers {check.stdout}, not {' or '.join(sc.ok_codes)}")
 
         if args.rounds:
             data["unpinned"] = ratio_summary(rounds_phase(active, args, upstream, pin=False))
@@ -1343,6 +1554,7 @@ def main():
             data["fixed"], data["rate_tool"] = fixed_rate_phase(active, args, pin=False)
         if not args.no_memory:
             data["memory"] = memory_phase(active, args)
+        data["webhook"] = webhook_phase(active)
         if not args.no_callgrind:
             for sc in active:
                 if sc.server:
@@ -1353,6 +1565,7 @@ def main():
         stop_all()
         lock.close()
 
+    data["webhook_check"] = webhook_check(data)
     table = render(args, data)
     print()
     print(table)
@@ -1361,6 +1574,8 @@ def main():
     with open(os.path.join(WORK, "results.json"), "w") as f:
         json.dump(data, f, indent=1, default=str)
     log(f"results: {WORK}/results.md, {WORK}/results.json")
+    if data.get("webhook_check") or data.get("webhook"):
+        log(webhook_summary(data.get("webhook_check"), data.get("webhook")).replace("**", "").replace("`", ""))
     if args.write_readme:
         os.makedirs(os.path.join(BENCH, "results"), exist_ok=True)
         shutil.copy(os.path.join(WORK, "results.json"), os.path.join(BENCH, "results", "latest.json"))
