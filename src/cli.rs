@@ -53,7 +53,8 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Write a commented starter config.
+    /// Write a commented starter config, and beside it the JSON Schema its
+    /// first line points editors at.
     Init {
         /// Where to write it.
         #[arg(default_value = "flexgate.yaml")]
@@ -75,6 +76,9 @@ pub enum Command {
         #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// Print the JSON Schema of flexgate.yaml (for editors; shipped as
+    /// conf/flexgate.schema.json).
+    Schema,
     /// Print version, commit and build profile.
     Version,
 }
@@ -261,11 +265,19 @@ pub fn run() -> i32 {
                 );
                 return 1;
             }
-            match std::fs::write(&path, STARTER_CONFIG) {
+            // The schema the starter's first line points editors at.
+            let schema = path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(crate::config::schema::FILE_NAME);
+            let written = std::fs::write(&path, STARTER_CONFIG)
+                .and_then(|()| std::fs::write(&schema, crate::config::schema::document()));
+            match written {
                 Ok(()) => {
                     println!(
-                        "wrote {}; run: flexgate check -c {}",
+                        "wrote {} (and its editor schema {}); run: flexgate check -c {}",
                         path.display(),
+                        schema.display(),
                         path.display()
                     );
                     0
@@ -301,6 +313,10 @@ pub fn run() -> i32 {
                 1
             }
         },
+        Command::Schema => {
+            print!("{}", crate::config::schema::document());
+            0
+        }
         Command::Version => {
             println!(
                 "flexgate {} (commit {}, {} build)",

@@ -118,6 +118,13 @@ pub async fn list_deliveries(
 ) -> Result<Response, ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "limit: must be between 1 and 500",
+        ));
+    }
     let hooks = service(&st, &id)?;
     let page = hooks.store.list(&id, &q).await?;
     Ok(json(

@@ -79,12 +79,13 @@ pub struct Delivery {
 
 /// Filters and page of `GET /api/webhooks/{id}/deliveries`: newest first.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// Only deliveries with this status.
     pub status: Option<DeliveryStatus>,
-    /// Page size (default 50, at most 500).
+    /// Page size (default 50; the admin API refuses values outside 1–500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Cursor: only deliveries created before this one (`next` of a page).
     pub before: Option<String>,
