@@ -76,11 +76,66 @@ pub enum Command {
         #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// The running config as code, through a gateway's admin API: dump it,
+    /// diff a file against it, apply a file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Print the JSON Schema of flexgate.yaml (for editors; shipped as
     /// conf/flexgate.schema.json).
     Schema,
     /// Print version, commit and build profile.
     Version,
+}
+
+/// Where the admin API is and how to sign in.
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// The admin API of the running gateway.
+    #[arg(
+        long = "admin",
+        env = "FLEXGATE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9180"
+    )]
+    pub admin: String,
+    /// File holding the admin token (default: FLEXGATE_ADMIN_TOKEN).
+    #[arg(long = "token-file")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the running dynamic config (YAML, headed by its version).
+    Dump {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// JSON instead of YAML.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what applying a file would change (exit 0: nothing, 1: changes, 2: error).
+    Diff {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The config file to compare (the shape of `dump`).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Apply a file, if the running config is still the version it was reviewed against.
+    Apply {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The config file to apply.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// The version reviewed (default: the file's `# flexgate config version N` header).
+        #[arg(long = "if-version")]
+        if_version: Option<u64>,
+        /// Apply whatever the running version.
+        #[arg(long, conflicts_with = "if_version")]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -224,6 +279,89 @@ pub fn key_digest_hex(key: &str) -> String {
 }
 
 /// Runs the CLI; returns the process exit code.
+/// `flexgate config …`; returns the exit code.
+fn config_command(command: ConfigCommand) -> i32 {
+    use crate::remote;
+    let connect = |a: &AdminArgs| remote::Admin::new(&a.admin, a.token_file.as_deref());
+    let read = |f: &std::path::Path| {
+        std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))
+    };
+    // `diff` fails like diff(1) does (2); the others with 1.
+    let error_code = if matches!(command, ConfigCommand::Diff { .. }) {
+        2
+    } else {
+        1
+    };
+    let result = match command {
+        ConfigCommand::Dump { admin, json } => connect(&admin)
+            .and_then(|a| remote::dump(&a, json))
+            .map(|text| {
+                print!("{text}");
+                0
+            }),
+        ConfigCommand::Diff { admin, file } => (|| {
+            let a = connect(&admin)?;
+            let text = read(&file)?;
+            let d = remote::diff(&a, &text, &file.display().to_string())?;
+            print!("{}", d.text);
+            if d.changes.is_empty() {
+                eprintln!(
+                    "no changes against the running config (version {})",
+                    d.version
+                );
+                Ok(0)
+            } else {
+                eprintln!("the gateway would make these changes:");
+                for c in &d.changes {
+                    eprintln!("  {c}");
+                }
+                eprintln!(
+                    "apply with: flexgate config apply -f {} --if-version {}",
+                    file.display(),
+                    d.version
+                );
+                Ok(1)
+            }
+        })(),
+        ConfigCommand::Apply {
+            admin,
+            file,
+            if_version,
+            force,
+        } => (|| {
+            let a = connect(&admin)?;
+            let text = read(&file)?;
+            let version = match (if_version, force) {
+                (Some(v), _) => Some(v),
+                (None, true) => None,
+                (None, false) => Some(remote::dumped_version(&text).ok_or_else(|| {
+                    format!(
+                        "{}: which version was reviewed? pass --if-version N (from flexgate config diff), or --force",
+                        file.display()
+                    )
+                })?),
+            };
+            let (new_version, changes) = remote::apply(&a, &text, version)?;
+            if changes.is_empty() {
+                println!("nothing to change (version {new_version})");
+            } else {
+                for c in &changes {
+                    println!("{c}");
+                }
+                println!("applied: the running config is version {new_version}");
+            }
+            Ok(0)
+        })(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flexgate config: {e}");
+            error_code
+        }
+    }
+}
+
 pub fn run() -> i32 {
     let cli = Cli::parse();
     match cli.command {
@@ -313,6 +451,7 @@ pub fn run() -> i32 {
                 1
             }
         },
+        Command::Config { command } => config_command(command),
         Command::Schema => {
             print!("{}", crate::config::schema::document());
             0

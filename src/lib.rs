@@ -17,7 +17,8 @@
 //! - [`clock`] — wall-clock seconds and RFC 3339 text;
 //! - [`atomic_file`] — files replaced whole (temp file, fsync, rename);
 //! - [`webhooks`] — signed, retried, coalesced, durable delivery of events;
-//! - [`server`] — process assembly; [`cli`] — the command line.
+//! - [`server`] — process assembly; [`cli`] — the command line; [`remote`] —
+//!   `flexgate config dump | diff | apply` against a running gateway.
 
 pub mod accesslog;
 pub mod admin;
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod pg;
 pub mod proxy;
 pub mod reload;
+pub mod remote;
 pub mod runtime_dir;
 pub mod server;
 pub mod snapshot;
