@@ -31,6 +31,14 @@ pub struct Admin {
     pub token: String,
 }
 
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An answer: status, config version header, body.
 pub struct Answer {
     pub status: u16,
