@@ -48,6 +48,15 @@ pub enum Command {
         #[arg(short = 'u', long = "upgrade")]
         upgrade: bool,
     },
+    /// Zero-downtime binary upgrade of the running gateway: start this binary
+    /// with -u, wait until it is ready, SIGQUIT the old process, report.
+    Upgrade {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The running process (default: the one proxy.pidFile names).
+        #[arg(long)]
+        pid: Option<i32>,
+    },
     /// Validate a config file and print every problem with its path (exit 1 if any).
     Check {
         #[command(flatten)]
@@ -452,6 +461,16 @@ pub fn run() -> i32 {
             }
         },
         Command::Config { command } => config_command(command),
+        Command::Upgrade { config, pid } => match crate::upgrade::run(&config.config, pid) {
+            Ok(report) => {
+                println!("flexgate upgrade: {report}");
+                0
+            }
+            Err(e) => {
+                eprintln!("flexgate upgrade: {e}");
+                1
+            }
+        },
         Command::Schema => {
             print!("{}", crate::config::schema::document());
             0

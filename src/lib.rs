@@ -18,7 +18,8 @@
 //! - [`atomic_file`] — files replaced whole (temp file, fsync, rename);
 //! - [`webhooks`] — signed, retried, coalesced, durable delivery of events;
 //! - [`server`] — process assembly; [`cli`] — the command line; [`remote`] —
-//!   `flexgate config dump | diff | apply` against a running gateway.
+//!   `flexgate config dump | diff | apply` against a running gateway;
+//!   [`upgrade`] — `flexgate upgrade`, the whole zero-downtime binary upgrade.
 
 pub mod accesslog;
 pub mod admin;
@@ -44,4 +45,5 @@ pub mod runtime_dir;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod upgrade;
 pub mod webhooks;
