@@ -313,7 +313,9 @@ pub fn metrics() -> &'static Metrics {
 
 /// Per-route handles, resolved when a snapshot is compiled.
 pub struct RouteMetrics {
-    requests: Vec<IntCounter>,
+    /// By method (index in [`METHODS`]) and status class; `None` for the
+    /// methods the route does not allow (counted as `OTHER`).
+    requests: Vec<Option<IntCounter>>,
     duration: Histogram,
     upstream_duration: Histogram,
     pub rate_limited: IntCounter,
@@ -323,12 +325,16 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// Resolves the handles of a route (the same children across reloads).
-    pub fn new(route: &str, upstream: &str) -> RouteMetrics {
+    /// `allows` says which methods the route takes: series exist for those
+    /// and `OTHER` only, and a request with another method counts as `OTHER`.
+    pub fn new(route: &str, upstream: &str, allows: impl Fn(&str) -> bool) -> RouteMetrics {
         let m = metrics();
         let mut requests = Vec::with_capacity(METHODS.len() * CLASSES.len());
         for method in METHODS {
+            let created = method == "OTHER" || allows(method);
             for class in CLASSES {
-                requests.push(m.requests.with_label_values(&[route, method, class]));
+                requests
+                    .push(created.then(|| m.requests.with_label_values(&[route, method, class])));
             }
         }
         RouteMetrics {
@@ -361,7 +367,15 @@ impl RouteMetrics {
             500..=599 => 4,
             _ => 5,
         };
-        self.requests[mi * CLASSES.len() + ci].inc();
+        let other = (METHODS.len() - 1) * CLASSES.len() + ci;
+        match &self.requests[mi * CLASSES.len() + ci] {
+            Some(c) => c.inc(),
+            None => {
+                if let Some(c) = &self.requests[other] {
+                    c.inc();
+                }
+            }
+        }
         self.duration.observe(seconds);
         if let Some(u) = upstream_seconds {
             self.upstream_duration.observe(u);
@@ -372,7 +386,33 @@ impl RouteMetrics {
 /// Handles for requests that matched no route.
 pub fn unrouted() -> &'static RouteMetrics {
     static R: OnceLock<RouteMetrics> = OnceLock::new();
-    R.get_or_init(|| RouteMetrics::new("none", "none"))
+    R.get_or_init(|| RouteMetrics::new("none", "none", |_| true))
+}
+
+impl Metrics {
+    /// Removes every series of a route no longer in the live config.
+    pub fn forget_route(&self, route: &str) {
+        for method in METHODS {
+            for class in CLASSES {
+                let _ = self.requests.remove_label_values(&[route, method, class]);
+            }
+        }
+        let _ = self.duration.remove_label_values(&[route]);
+        let _ = self.rate_limited.remove_label_values(&[route]);
+        let _ = self.auth_failures.remove_label_values(&[route]);
+    }
+
+    /// Removes every series of an upstream no longer in the live config
+    /// (its targets' and breaker's gauges are rebuilt at each scrape).
+    pub fn forget_upstream(&self, upstream: &str) {
+        let _ = self.upstream_duration.remove_label_values(&[upstream]);
+        let _ = self.breaker_rejections.remove_label_values(&[upstream]);
+        for to in ["open", "closed"] {
+            let _ = self
+                .breaker_transitions
+                .remove_label_values(&[upstream, to]);
+        }
+    }
 }
 
 /// Brings a counter up to a monotonic total kept elsewhere.

@@ -215,7 +215,8 @@ impl ConfigHandle {
         }
         let (hash, _) = read_inputs(&self.path, self.managed.load().as_deref());
         self.file_hash.store(hash, Ordering::Relaxed);
-        self.live.store(Arc::new(snap));
+        let old = self.live.swap(Arc::new(snap));
+        forget_gone(&old, &self.current());
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version, "config applied");
         self.changed(version);
@@ -255,7 +256,8 @@ impl ConfigHandle {
                 "config reload: proxy listener/process or admin settings changed; they apply after a restart or binary upgrade (flexgate start -u)"
             );
         }
-        self.live.store(Arc::new(snap));
+        let old = self.live.swap(Arc::new(snap));
+        forget_gone(&old, &self.current());
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version, path = %self.path.display(), "config reloaded");
         self.changed(version);
@@ -290,6 +292,24 @@ impl ConfigHandle {
             serde_json::json!({"errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
         );
         Err(errs)
+    }
+}
+
+/// Removes the metric series of the routes and upstreams `old` had and
+/// `new` has not: a deleted route's counters leave `/metrics` (a route
+/// recreated with the same id starts again from zero, as counters do on a
+/// restart).
+fn forget_gone(old: &Snapshot, new: &Snapshot) {
+    let m = crate::metrics::metrics();
+    for id in old.routes_by_id.keys() {
+        if !new.routes_by_id.contains_key(id) {
+            m.forget_route(id);
+        }
+    }
+    for up in &old.upstreams {
+        if !new.upstreams.iter().any(|u| u.name == up.name) {
+            m.forget_upstream(&up.name);
+        }
     }
 }
 

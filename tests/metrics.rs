@@ -272,3 +272,47 @@ fn dashboard_and_alert_rules_use_only_real_metric_names() {
         "alert rules use unknown metrics {unknown:?}"
     );
 }
+
+#[test]
+fn series_follow_the_routes_methods_and_leave_with_deleted_routes_and_upstreams() {
+    let ok = TestUpstream::start("ok", Behavior::Ok);
+    let body = format!(
+        "upstreams:\n  - name: ok\n    url: \"{0}\"\n  - name: spare\n    url: \"{0}\"\nroutes:\n  - id: api\n    path: /api\n    methods: [GET]\n    upstream: ok\n  - id: old\n    path: /old\n    upstream: spare\n",
+        ok.url()
+    );
+    let gw = Gateway::start("", &body);
+    assert_eq!(request(gw.port, "GET", "/old", &[], b"").status, 200);
+    let has = |text: &str, needle: &str| text.lines().any(|l| l.contains(needle));
+    let (_, text) = scrape(&gw);
+    // A GET-only route has GET, HEAD (implied) and OTHER series, nothing else.
+    for m in ["GET", "HEAD", "OTHER"] {
+        assert!(
+            has(&text, &format!("method=\"{m}\",route=\"api\"")),
+            "{m} of api:\n{text}"
+        );
+    }
+    for m in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+        assert!(
+            !has(&text, &format!("method=\"{m}\",route=\"api\"")),
+            "no {m} series for a GET-only route"
+        );
+    }
+    assert!(has(&text, "route=\"old\""));
+    assert!(has(&text, "upstream=\"spare\""));
+    // Deleted through the admin API: their series go.
+    let auth = ("Authorization", "Bearer test-admin-token");
+    let r = request(gw.admin_port, "DELETE", "/api/routes/old", &[auth], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = request(
+        gw.admin_port,
+        "DELETE",
+        "/api/upstreams/spare",
+        &[auth],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (_, text) = scrape(&gw);
+    assert!(!has(&text, "route=\"old\""), "{text}");
+    assert!(!has(&text, "upstream=\"spare\""), "{text}");
+    assert!(has(&text, "route=\"api\""), "the others stay");
+}

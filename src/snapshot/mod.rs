@@ -702,7 +702,12 @@ pub fn compile(
         };
         let prev_route = previous.and_then(|p| p.routes_by_id.get(&id));
         let route = Route {
-            metrics: crate::metrics::RouteMetrics::new(&id, &up.name),
+            metrics: {
+                let methods = MethodSet::of(r.methods.iter().map(|m| m.value()));
+                crate::metrics::RouteMetrics::new(&id, &up.name, |name| {
+                    http::Method::from_bytes(name.as_bytes()).is_ok_and(|m| methods.contains(&m))
+                })
+            },
             scopes: r.scopes.clone(),
             rate_limit: r
                 .rate_limit
