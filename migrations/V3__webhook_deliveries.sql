@@ -43,9 +43,10 @@ CREATE TABLE flexgate_webhook_deliveries (
     response_snippet text,
     UNIQUE (webhook_id, event_id)
 );
--- The senders' due scan: pending rows, oldest due first.
+-- The senders' scan: each subscription's pending rows by due time (a node
+-- leases per subscription, so pending rows of a disabled one cost nothing).
 CREATE INDEX flexgate_webhook_deliveries_due_idx
-    ON flexgate_webhook_deliveries (next_attempt_at, created_at)
+    ON flexgate_webhook_deliveries (webhook_id, next_attempt_at, created_at)
     WHERE status = 'pending';
 -- The delivery log: one subscription's rows, newest first (and the prune's
 -- per-subscription ranking).

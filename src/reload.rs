@@ -198,7 +198,7 @@ impl ConfigHandle {
         }
         let snap = match self.prepare(&v.state) {
             Ok(s) => s,
-            Err(e) => return self.reject(e),
+            Err(e) => return self.reject_version(e, Some(v.version)),
         };
         let version = v.version;
         self.swap(snap, version, Some(v));
@@ -281,16 +281,32 @@ impl ConfigHandle {
     }
 
     fn reject(&self, errs: ConfigErrors) -> Result<u64, ConfigErrors> {
+        self.reject_version(errs, None)
+    }
+
+    /// [`Self::reject`]; `version` is the cluster's version that was refused
+    /// (database mode): every node refuses it, and its `config.rejected` is
+    /// named after it so webhooks deliver it once.
+    fn reject_version(
+        &self,
+        errs: ConfigErrors,
+        version: Option<u64>,
+    ) -> Result<u64, ConfigErrors> {
         self.rejected_reloads.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             path = %self.path.display(),
             errors = %errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
             "config reload rejected; the previous config stays live"
         );
-        crate::events::emit(
-            crate::events::Event::ConfigRejected,
-            serde_json::json!({"errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
-        );
+        let data = serde_json::json!({"errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "version": version});
+        match version {
+            Some(v) => crate::events::emit_with_id(
+                crate::events::Event::ConfigRejected,
+                format!("evt_config_rejected_v{v}"),
+                data,
+            ),
+            None => crate::events::emit(crate::events::Event::ConfigRejected, data),
+        }
         Err(errs)
     }
 }

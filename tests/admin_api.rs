@@ -665,9 +665,14 @@ async fn config_export_import_round_trips_with_dry_run() {
     assert_eq!(j["dryRun"], true);
     assert_eq!(j["applied"], false);
     assert_eq!(j["version"], 1);
+    let hook = flexgate::config::WebhookConfig {
+        url: "http://127.0.0.1:15/".into(),
+        ..Default::default()
+    }
+    .effective_id();
     assert_eq!(
         j["changes"],
-        json!([{"action": "update", "resource": "route/b"}, {"action": "create", "resource": "webhook/webhook-0"}])
+        json!([{"action": "update", "resource": "route/b"}, {"action": "create", "resource": format!("webhook/{hook}")}])
     );
     assert_eq!(j["ignored"], json!(["proxy.port"]));
     assert_eq!(disk(&e.path), before, "a dry run writes nothing");

@@ -333,7 +333,13 @@ async fn a_commit_loads_back_exactly() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(webhooks, ["ops", "webhook-1"]);
+    let unnamed = config::WebhookConfig {
+        url: "https://hooks.example.com/y".into(),
+        ..Default::default()
+    }
+    .effective_id();
+    assert!(unnamed.starts_with("webhook-"), "{unnamed}");
+    assert_eq!(webhooks, ["ops".to_string(), unnamed]);
     let settings: Vec<String> = sql
         .query("SELECT name FROM settings ORDER BY name", &[])
         .await

@@ -20,6 +20,7 @@ use flexgate::store::migrate::{self, MigrationReport, SCHEMA_VERSION};
 use flexgate::store::StoreError;
 use flexgate::webhooks::delivery::{
     Delivery, DeliveryQuery, DeliveryStatus, DeliveryStore, KEEP_FINISHED, KEEP_FINISHED_MS,
+    ORPHAN_GRACE_MS,
 };
 use flexgate::webhooks::journal::{JournalStore, FILE_NAME};
 use flexgate::webhooks::pg_store::PgDeliveryStore;
@@ -496,7 +497,7 @@ async fn finish_releases_the_lease_and_replay_revives(s: Subject) {
     assert_eq!(b.replay("w1", "nope", T0).await.unwrap(), None);
     assert_eq!(b.replay("w2", "d1", T0).await.unwrap(), None);
     // Finishing a delivery that was removed meanwhile brings nothing back.
-    a.prune(&[], T0).await.unwrap();
+    a.prune(&[], T0 + ORPHAN_GRACE_MS + 1_000).await.unwrap();
     a.finish(&dead).await.unwrap();
     assert_eq!(a.get("w1", "d1").await.unwrap(), None);
 }
@@ -676,13 +677,17 @@ async fn prune_keeps_recent_finished_and_live_subscriptions_only(s: Subject) {
         T0 + 999_999,
     ));
     batch.push(dlv("old-pending", "w1", "op", T0));
-    // w2 (to be deleted): a recent failed one and a leased pending one.
+    // w2 (deleted): a failed one and a leased pending one, both unchanged
+    // for longer than the orphan grace.
+    let stale = now - ORPHAN_GRACE_MS - 10;
     batch.push(finished(
-        dlv("g1", "w2", "g1", now - 10),
+        dlv("g1", "w2", "g1", stale),
         DeliveryStatus::Failed,
-        now - 10,
+        stale,
     ));
-    batch.push(dlv("g2", "w2", "g2", now - 5));
+    batch.push(dlv("g2", "w2", "g2", stale + 5));
+    // w3: not live on this node yet (another node just created it): kept.
+    batch.push(dlv("n1", "w3", "n1", now - 10));
     assert_eq!(a.enqueue(&batch).await.unwrap(), batch.len());
     a.record_outcome("w1", false, now - 50).await.unwrap();
     a.record_outcome("w2", false, now - 50).await.unwrap();
@@ -698,7 +703,12 @@ async fn prune_keeps_recent_finished_and_live_subscriptions_only(s: Subject) {
         KEEP_FINISHED + 1,
         "the newest finished and the pending one"
     );
-    let left: HashSet<String> = all.iter().map(|d| d.id.clone()).collect();
+    let mut left: HashSet<String> = all.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(
+        ids(&everything(a, "w3").await),
+        ["n1"],
+        "a subscription not live here yet keeps its deliveries"
+    );
     assert!(left.contains("old-pending"));
     assert!(!left.contains("old"));
     for i in 0..5 {
@@ -715,12 +725,13 @@ async fn prune_keeps_recent_finished_and_live_subscriptions_only(s: Subject) {
             .iter()
             .map(|r| r.get(0))
             .collect();
+        left.insert("n1".into());
         assert_eq!(rows, left, "nothing else is left in the table");
     }
     assert!(everything(a, "w2").await.is_empty());
     assert_eq!(
         a.pending_counts().await.unwrap(),
-        HashMap::from([("w1".to_string(), 1)])
+        HashMap::from([("w1".to_string(), 1), ("w3".to_string(), 1)])
     );
     // The leased one went with its subscription; its late outcome is dropped.
     a.finish(&finished(leased[0].clone(), DeliveryStatus::Succeeded, now))
@@ -749,17 +760,18 @@ async fn prune_keeps_recent_finished_and_live_subscriptions_only(s: Subject) {
     assert_eq!(everything(a, "w1").await, w1);
     assert!(everything(a, "w2").await.is_empty());
 
-    // Nothing live left: everything goes.
-    a.prune(&[], now).await.unwrap();
+    // Nothing live left: everything goes, once past the orphan grace.
+    a.prune(&[], now + ORPHAN_GRACE_MS + 1_000).await.unwrap();
     assert!(all_pages(a, "w1").await.is_empty());
     assert_eq!(a.pending_counts().await.unwrap(), HashMap::new());
     if let Some(db) = s.pg() {
         assert_eq!(db.count("flexgate_webhook_deliveries").await, 0);
         assert_eq!(db.count("flexgate_webhook_health").await, 0);
     }
+    let later = now + ORPHAN_GRACE_MS + 2_000;
     assert_eq!(
-        a.record_outcome("w1", false, now + 1).await.unwrap(),
-        Some(now + 1),
+        a.record_outcome("w1", false, later).await.unwrap(),
+        Some(later),
         "the health records went too"
     );
 }

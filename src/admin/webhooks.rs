@@ -206,9 +206,11 @@ pub async fn test_webhook(
 /// action `disable`); `Ok(false)` when it is gone or already disabled.
 pub async fn disable(st: &AdminState, id: &str, reason: &str) -> Result<bool, String> {
     let snap = st.config.current();
-    let enabled_now = snap.source.webhooks.iter().enumerate().any(|(i, w)| {
-        w.id.clone().unwrap_or_else(|| format!("webhook-{i}")) == id && w.enabled != Some(false)
-    });
+    let enabled_now = snap
+        .source
+        .webhooks
+        .iter()
+        .any(|w| w.effective_id() == id && w.enabled != Some(false));
     if !enabled_now {
         return Ok(false);
     }

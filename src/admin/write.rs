@@ -71,17 +71,18 @@ pub fn pinned_version(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     text.parse().map(Some).map_err(|_| bad())
 }
 
-/// Gives every route and webhook an explicit id (the implicit default is
-/// its position, which a deletion would shift).
+/// Gives every route and webhook an explicit id (a route's implicit
+/// default is its position, which a deletion would shift; a webhook's
+/// derives from its URL, [`crate::config::WebhookConfig::effective_id`]).
 pub fn materialize_ids(state: &mut State) {
     for (i, r) in state.config.routes.iter_mut().enumerate() {
         if r.id.is_none() {
             r.id = Some(format!("route-{i}"));
         }
     }
-    for (i, w) in state.config.webhooks.iter_mut().enumerate() {
+    for w in state.config.webhooks.iter_mut() {
         if w.id.is_none() {
-            w.id = Some(format!("webhook-{i}"));
+            w.id = Some(w.effective_id());
         }
     }
 }
@@ -112,6 +113,10 @@ pub async fn apply<R>(
         check_pinned(headers, version)?;
         materialize_ids(&mut state);
         let (out, changes) = change(&mut state)?;
+        // Nothing changed: no new version, no audit entry, no reload.
+        if changes.is_empty() {
+            return Ok((version, out));
+        }
         let handle = st.config.clone();
         let candidate = state.clone();
         let snap = tokio::task::spawn_blocking(move || handle.prepare(&candidate)).await??;

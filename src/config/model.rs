@@ -674,6 +674,26 @@ pub struct SamplingConfig {
     pub error_rate: Option<f64>,
 }
 
+impl WebhookConfig {
+    /// The subscription's id: its `id`, else `webhook-` and the start of the
+    /// SHA-256 of its URL — stable when other subscriptions are added,
+    /// removed or reordered, so deliveries, dead letters and failure
+    /// streaks never pass to another receiver.
+    pub fn effective_id(&self) -> String {
+        match &self.id {
+            Some(id) => id.clone(),
+            None => {
+                let digest = ring::digest::digest(&ring::digest::SHA256, self.url.as_bytes());
+                let hex: String = digest.as_ref()[..4]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("webhook-{hex}")
+            }
+        }
+    }
+}
+
 /// One entry of `webhooks:`: a subscription that receives events as signed
 /// POSTs (delivery, retries, coalescing and durability: [`crate::webhooks`]).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]

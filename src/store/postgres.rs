@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | `routes` | one per route, `body` = the route as JSON | the route's `id`, or `route-<index>` when it has none |
 //! | `upstreams` | one per upstream | `name` |
-//! | `webhooks` | one per webhook | its `id`, or `webhook-<index>` |
+//! | `webhooks` | one per webhook | its `id`, or `webhook-<8 hex of its URL's SHA-256>` |
 //! | `api_keys` | one per generated key: name, SHA-256 hex digest (never the key), scopes, routes, expiry, revoked, creation time | `id` |
 //! | `settings` | `proxy` (the reloadable proxy defaults), `security`, `rateLimit`, `logging` | `name` |
 //! | `config_version` | one row: the version of the whole state, and when it changed | — |
@@ -459,11 +459,7 @@ impl Rows {
         let webhooks = c
             .webhooks
             .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let key = w.id.clone().unwrap_or_else(|| format!("webhook-{i}"));
-                Ok((key, to_json("a webhook", w)?))
-            })
+            .map(|w| Ok((w.effective_id(), to_json("a webhook", w)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Rows {
             routes: keyed(routes),

@@ -61,6 +61,10 @@ impl Tally {
 /// One open window of one kind for one subscription.
 #[derive(Debug)]
 pub struct Window {
+    /// The delivery's event id, fixed when the window opens: a window that
+    /// waits in an outbox (store down) keeps it, so storing it twice stores
+    /// it once.
+    pub id: String,
     pub kind: Event,
     pub opened_ms: u64,
     pub last_ms: u64,
@@ -86,6 +90,7 @@ fn text(data: &Value, field: &str) -> Option<String> {
 impl Window {
     pub fn open(e: &Emitted) -> Window {
         let mut w = Window {
+            id: crate::events::new_id(),
             kind: e.kind,
             opened_ms: e.time_ms,
             last_ms: e.time_ms,

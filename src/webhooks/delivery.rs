@@ -109,6 +109,9 @@ pub struct DeliveryPage {
 pub const KEEP_FINISHED: usize = 1000;
 /// Finished deliveries older than this are removed.
 pub const KEEP_FINISHED_MS: u64 = 7 * 24 * 3_600_000;
+/// Deliveries of a subscription no longer configured are removed once
+/// unchanged this long.
+pub const ORPHAN_GRACE_MS: u64 = 3_600_000;
 
 /// Where deliveries live. Every call is off the request path (the
 /// dispatcher, the senders and the admin API make them).
@@ -170,7 +173,15 @@ pub trait DeliveryStore: Send + Sync + 'static {
     ) -> Result<Option<u64>, StoreError>;
 
     /// Removes finished deliveries beyond [`KEEP_FINISHED`] per
-    /// subscription or older than [`KEEP_FINISHED_MS`], and every delivery
-    /// and health record of subscriptions not in `live` (deleted).
+    /// subscription or older than [`KEEP_FINISHED_MS`], and the deliveries
+    /// of subscriptions not in `live` (deleted) unchanged for
+    /// [`ORPHAN_GRACE_MS`] (in a cluster, a subscription another node just
+    /// created may not be live on the caller yet), with their health
+    /// record once none is left.
     async fn prune(&self, live: &[String], now_ms: u64) -> Result<(), StoreError>;
+
+    /// This process is done with the store (shutdown, or the hand-off of a
+    /// binary upgrade): release what only one process may hold. Calls
+    /// afterwards answer [`StoreError::Unavailable`].
+    async fn close(&self) {}
 }

@@ -7,13 +7,16 @@
 //! `coalesceWindow` and go to the outbox as one delivery.
 //!
 //! Every [`FLUSH_INTERVAL`] the outboxes are written to the store in one
-//! batch and the senders are woken. Outboxes are bounded
-//! ([`OUTBOX_CAPACITY`] per subscription): when the store cannot take them
-//! (database down) and one fills up, the oldest two closed windows of one
-//! kind are merged into one, and when there is nothing to merge the oldest
-//! entry is dropped and counted in `flexgate_webhook_dropped_total`. The
-//! dispatcher never blocks the bus: a slow store only delays the flush,
-//! and events the bus moved past while it waited are counted as dropped.
+//! batch and the senders are woken; an outbox is emptied only once the
+//! store took the batch (ids are fixed before, so a batch stored twice is
+//! stored once). Outboxes are bounded ([`OUTBOX_CAPACITY`] per
+//! subscription): while the store cannot take them (database down) and one
+//! fills up, its two oldest closed windows of one kind are merged into
+//! one; with no two to merge, its oldest window is dropped, and only with
+//! no window at all its oldest state change — each drop counted in
+//! `flexgate_webhook_dropped_total`. The dispatcher never blocks the bus: a
+//! slow store only delays the flush, and events the bus moved past while
+//! it waited are counted as dropped.
 //!
 //! On shutdown the open windows are closed early and written (best effort,
 //! within [`SHUTDOWN_FLUSH`]).
@@ -77,10 +80,16 @@ fn render(
 }
 
 impl Lane {
-    /// Adds an entry; a full outbox merges or drops (counted).
+    /// Adds an entry; a full outbox merges windows, else drops its oldest
+    /// window, else its oldest entry (counted).
     fn push(&mut self, webhook: &str, entry: Entry) {
         if self.outbox.len() >= OUTBOX_CAPACITY && !self.merge_oldest_windows() {
-            self.outbox.pop_front();
+            let oldest_window = self
+                .outbox
+                .iter()
+                .position(|e| matches!(e, Entry::Window(_)))
+                .unwrap_or(0);
+            self.outbox.remove(oldest_window);
             crate::metrics::metrics()
                 .webhook_dropped
                 .with_label_values(&[webhook])
@@ -177,39 +186,36 @@ impl State {
         });
     }
 
-    /// The outboxes rendered, in order (windows get their id and payload now).
-    fn drain(&mut self, now_ms: u64) -> Vec<Delivery> {
+    /// The outboxes rendered, in order, without emptying them (windows get
+    /// their payload now, with the id they were given when they opened).
+    fn batch(&self, now_ms: u64) -> Vec<Delivery> {
         let mut out = Vec::new();
-        for (id, lane) in &mut self.lanes {
-            for entry in lane.outbox.drain(..) {
+        for (id, lane) in &self.lanes {
+            for entry in &lane.outbox {
                 out.push(match entry {
-                    Entry::Ready(d) => d,
-                    Entry::Window(w) => render(
-                        id,
-                        crate::events::new_id(),
-                        w.kind.name(),
-                        now_ms,
-                        w.data(now_ms),
-                    ),
+                    Entry::Ready(d) => d.clone(),
+                    Entry::Window(w) => {
+                        render(id, w.id.clone(), w.kind.name(), now_ms, w.data(now_ms))
+                    }
                 });
             }
         }
         out
     }
 
-    /// Puts deliveries the store did not take back in front, in order.
-    fn restore(&mut self, batch: Vec<Delivery>) {
-        for d in batch.into_iter().rev() {
-            let lane = self.lanes.entry(d.webhook_id.clone()).or_default();
-            if lane.outbox.len() < OUTBOX_CAPACITY {
-                lane.outbox.push_front(Entry::Ready(d));
-            } else {
-                crate::metrics::metrics()
-                    .webhook_dropped
-                    .with_label_values(&[&d.webhook_id])
-                    .inc();
-            }
+    /// Empties the outboxes (their batch was stored).
+    fn stored(&mut self) {
+        for lane in self.lanes.values_mut() {
+            lane.outbox.clear();
         }
+    }
+
+    /// [`State::batch`] then [`State::stored`] (tests).
+    #[cfg(test)]
+    fn drain(&mut self, now_ms: u64) -> Vec<Delivery> {
+        let out = self.batch(now_ms);
+        self.stored();
+        out
     }
 
     /// Deliveries not stored yet per subscription (open windows included).
@@ -222,14 +228,15 @@ impl State {
 }
 
 impl Dispatcher {
-    /// Writes the outboxes to the store; what it does not take goes back.
+    /// Writes the outboxes to the store; they are emptied once it took them.
     async fn flush(&self, state: &mut State) {
-        let batch = state.drain(crate::clock::unix_now_ms());
+        let batch = state.batch(crate::clock::unix_now_ms());
         if batch.is_empty() {
             return;
         }
         match self.webhooks.store.enqueue(&batch).await {
             Ok(_) => {
+                state.stored();
                 if std::mem::take(&mut state.store_down) {
                     tracing::info!(
                         "webhook delivery store reachable again; queued deliveries stored"
@@ -244,7 +251,6 @@ impl Dispatcher {
                         "webhook deliveries not stored yet (kept in memory, bounded, until the store answers): {e}"
                     );
                 }
-                state.restore(batch);
             }
         }
     }
@@ -253,6 +259,7 @@ impl Dispatcher {
 #[async_trait]
 impl BackgroundService for Dispatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.webhooks.task_started();
         let mut rx = crate::events::bus().subscribe();
         let mut state = State {
             lanes: HashMap::new(),
@@ -266,6 +273,7 @@ impl BackgroundService for Dispatcher {
                     let subs = self.webhooks.subscriptions();
                     state.tick(&subs.all, crate::clock::unix_now_ms(), true);
                     let _ = tokio::time::timeout(SHUTDOWN_FLUSH, self.flush(&mut state)).await;
+                    self.webhooks.task_ended().await;
                     return;
                 }
                 event = rx.recv() => match event {
@@ -280,7 +288,10 @@ impl BackgroundService for Dispatcher {
                         }
                         tracing::warn!(missed = n, "webhook dispatcher fell behind the event bus");
                     }
-                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Closed) => {
+                        self.webhooks.task_ended().await;
+                        return;
+                    }
                 },
                 _ = tick.tick() => {
                     let subs = self.webhooks.subscriptions();
@@ -305,7 +316,7 @@ mod tests {
             events: events.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        vec![Arc::new(Subscription::compile(0, &w))]
+        vec![Arc::new(Subscription::compile(&w))]
     }
 
     fn event(kind: Event, n: u64) -> Emitted {
@@ -345,6 +356,52 @@ mod tests {
         assert_eq!(body["type"], "rate_limit.exceeded");
         assert_eq!(body["data"]["count"], 10_000);
         assert_eq!(body["id"], closed[0].event_id);
+    }
+
+    #[test]
+    fn while_the_store_is_down_windows_keep_merging_and_state_changes_survive() {
+        let subs = sub(&["*"]);
+        let mut st = State {
+            lanes: HashMap::new(),
+            store_down: false,
+        };
+        st.route(&subs, &event(Event::CircuitBreakerOpened, 1));
+        // Flushes fail (nothing leaves the outbox) while windows keep
+        // closing, far more than the outbox holds.
+        for i in 0..(2 * OUTBOX_CAPACITY as u64) {
+            st.route(&subs, &event(Event::AuthFailure, 1));
+            st.route(&subs, &event(Event::RateLimitExceeded, 3));
+            st.tick(&subs, 1_000 + 10_000 * (i + 1), false);
+            assert!(st.batch(0).len() <= OUTBOX_CAPACITY);
+        }
+        let first = st.batch(0);
+        let again = st.batch(0);
+        assert_eq!(
+            first.iter().map(|d| &d.event_id).collect::<Vec<_>>(),
+            again.iter().map(|d| &d.event_id).collect::<Vec<_>>(),
+            "a batch retried carries the same ids"
+        );
+        let out = st.drain(0);
+        assert_eq!(
+            out[0].event_type, "circuit_breaker.opened",
+            "the state change survives"
+        );
+        let count = |kind: &str| -> u64 {
+            out.iter()
+                .filter(|d| d.event_type == kind)
+                .map(|d| {
+                    serde_json::from_str::<serde_json::Value>(&d.payload).unwrap()["data"]["count"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .sum()
+        };
+        assert_eq!(
+            count("auth.failure"),
+            2 * OUTBOX_CAPACITY as u64,
+            "merged, none lost"
+        );
+        assert_eq!(count("rate_limit.exceeded"), 6 * OUTBOX_CAPACITY as u64);
     }
 
     #[test]

@@ -61,7 +61,7 @@
 
 use super::delivery::{
     Delivery, DeliveryPage, DeliveryQuery, DeliveryStatus, DeliveryStore, KEEP_FINISHED,
-    KEEP_FINISHED_MS,
+    KEEP_FINISHED_MS, ORPHAN_GRACE_MS,
 };
 use crate::atomic_file;
 use crate::store::StoreError;
@@ -86,14 +86,18 @@ pub struct JournalStore {
     /// `None` until this process owns the file ([`JournalStore::new`]).
     inner: Arc<Mutex<Option<Journal>>>,
     path: PathBuf,
+    /// Set by [`DeliveryStore::close`]: the file is not opened again.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// This process's hold on a journal: an exclusive `flock` on
 /// `<journal>.lock`, released when the process exits. During a binary
 /// upgrade (`start -u`) the old process keeps the journal until it exits;
 /// the new one answers [`StoreError::Unavailable`] meanwhile (its events
-/// wait in the dispatcher's bounded outboxes) and takes the file over
-/// then, reading everything the old one wrote.
+/// wait in the dispatcher's bounded outboxes) and takes the file over once
+/// the old one has stopped its webhook tasks and closed the store (at the
+/// start of its drain, [`DeliveryStore::close`]), reading everything the
+/// old one wrote.
 struct Owner(#[allow(dead_code)] File);
 
 impl Owner {
@@ -220,6 +224,7 @@ impl JournalStore {
         Ok(JournalStore {
             inner: Arc::new(Mutex::new(Some(journal))),
             path: path.to_path_buf(),
+            closed: Default::default(),
         })
     }
 
@@ -231,6 +236,7 @@ impl JournalStore {
         JournalStore {
             inner: Arc::new(Mutex::new(None)),
             path: path.to_path_buf(),
+            closed: Default::default(),
         }
     }
 
@@ -246,8 +252,14 @@ impl JournalStore {
     ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
         let path = self.path.clone();
+        let closed = self.closed.clone();
         tokio::task::spawn_blocking(move || {
             let mut j = inner.lock().unwrap_or_else(|p| p.into_inner());
+            if closed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Unavailable(
+                    "webhook journal closed (this process is shutting down)".into(),
+                ));
+            }
             if j.is_none() {
                 *j = Some(Journal::open_owned(&path, true)?);
             }
@@ -731,9 +743,19 @@ impl Journal {
         let live: HashSet<&str> = live.iter().map(String::as_str).collect();
         let cutoff = now_ms.saturating_sub(KEEP_FINISHED_MS);
         let mut dels: Vec<String> = Vec::new();
+        let orphan_cutoff = now_ms.saturating_sub(ORPHAN_GRACE_MS);
         for (w, h) in &self.hooks {
             if !live.contains(w.as_str()) {
-                dels.extend(h.by_created.iter().map(|(_, id)| id.clone()));
+                dels.extend(
+                    h.by_created
+                        .iter()
+                        .filter(|(_, id)| {
+                            self.deliveries
+                                .get(id)
+                                .is_some_and(|s| s.d.updated_ms < orphan_cutoff)
+                        })
+                        .map(|(_, id)| id.clone()),
+                );
                 continue;
             }
             let mut finished = 0usize;
@@ -750,10 +772,18 @@ impl Journal {
                 }
             }
         }
+        let dropped: HashSet<&str> = dels.iter().map(String::as_str).collect();
         let mut healed: Vec<String> = self
             .failing
             .keys()
             .filter(|w| !live.contains(w.as_str()))
+            .filter(|w| {
+                self.hooks.get(w.as_str()).is_none_or(|h| {
+                    h.by_created
+                        .iter()
+                        .all(|(_, id)| dropped.contains(id.as_str()))
+                })
+            })
             .cloned()
             .collect();
         dels.sort();
@@ -786,6 +816,19 @@ impl Journal {
 impl DeliveryStore for JournalStore {
     fn kind(&self) -> &'static str {
         "journal"
+    }
+
+    /// Releases the file (and its lock) at once, so the process that takes
+    /// over in a binary upgrade owns it without waiting for this one's
+    /// drain to end.
+    async fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let inner = self.inner.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        })
+        .await;
     }
 
     async fn enqueue(&self, new: &[Delivery]) -> Result<usize, StoreError> {

@@ -68,14 +68,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The subscription at position `index` of `webhooks:` (its id, or
-    /// `webhook-<index>` as the admin API names unnamed ones).
-    pub fn compile(index: usize, w: &WebhookConfig) -> Subscription {
+    /// A subscription of `webhooks:` (named by
+    /// [`WebhookConfig::effective_id`]).
+    pub fn compile(w: &WebhookConfig) -> Subscription {
         let ms = |v: Option<crate::config::units::Millis>, default: u64| {
             Duration::from_millis(v.map_or(default, |m| m.0))
         };
         Subscription {
-            id: w.id.clone().unwrap_or_else(|| format!("webhook-{index}")),
+            id: w.effective_id(),
             enabled: w.enabled.unwrap_or(true),
             url: w.url.clone(),
             events: w.events.clone(),
@@ -133,6 +133,8 @@ pub struct Webhooks {
     disabler: OnceLock<Disabler>,
     /// Deliveries the dispatcher holds, not stored yet (queue depth).
     pub unstored: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// The dispatcher and the sender still running.
+    tasks: std::sync::atomic::AtomicUsize,
 }
 
 impl Webhooks {
@@ -147,7 +149,20 @@ impl Webhooks {
             wake: tokio::sync::Notify::new(),
             disabler: OnceLock::new(),
             unstored: Default::default(),
+            tasks: Default::default(),
         })
+    }
+
+    /// A webhook task (dispatcher, sender) starts.
+    pub fn task_started(&self) {
+        self.tasks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A webhook task ends (shutdown); the last one closes the store.
+    pub async fn task_ended(&self) {
+        if self.tasks.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.store.close().await;
+        }
     }
 
     /// Sets how subscriptions are disabled (once, at start).
@@ -168,8 +183,7 @@ impl Webhooks {
                 .source
                 .webhooks
                 .iter()
-                .enumerate()
-                .map(|(i, w)| Arc::new(Subscription::compile(i, w)))
+                .map(|w| Arc::new(Subscription::compile(w)))
                 .collect(),
         });
         for gone in cached.all.iter().filter(|s| fresh.get(&s.id).is_none()) {

@@ -64,14 +64,15 @@
 //! - [`DeliveryStore::record_outcome`]: a failure is one upsert that keeps
 //!   an existing `failing_since`; a success one `UPDATE` that writes only
 //!   when the subscription was failing.
-//! - [`DeliveryStore::prune`]: one transaction; finished rows updated more
-//!   than [`KEEP_FINISHED_MS`] ago, or ranked beyond [`KEEP_FINISHED`] per
-//!   subscription (newest first, `row_number()`), and everything of
-//!   subscriptions not live.
+//! - [`DeliveryStore::prune`]: one transaction, on one node at a time (a
+//!   transaction-level advisory lock; the others skip the round); finished
+//!   rows updated more than [`KEEP_FINISHED_MS`] ago, or ranked beyond
+//!   [`KEEP_FINISHED`] per subscription (newest first, `row_number()`), and
+//!   the rows of subscriptions not live unchanged for [`ORPHAN_GRACE_MS`].
 
 use super::delivery::{
     Delivery, DeliveryPage, DeliveryQuery, DeliveryStatus, DeliveryStore, KEEP_FINISHED,
-    KEEP_FINISHED_MS,
+    KEEP_FINISHED_MS, ORPHAN_GRACE_MS,
 };
 use crate::pg::{PgPool, OP_TIMEOUT};
 use crate::store::StoreError;
@@ -84,6 +85,9 @@ use tokio_postgres::Row;
 
 /// Rows per INSERT of an enqueue (more go in one transaction).
 const INSERT_CHUNK: usize = 500;
+/// Transaction-level advisory lock of a prune (`FGprune` in ASCII): one
+/// node at a time.
+const PRUNE_LOCK: i64 = 0x0046_4770_7275_6e65;
 
 /// The columns a [`Delivery`] is read from, in [`delivery`]'s order.
 const COLUMNS: &str = "id, webhook_id, event_id, event_type, payload, status, attempts, \
@@ -384,16 +388,31 @@ impl PgDeliveryStore {
         let e = |e| self.pg_error("webhook deliveries (prune)", e);
         let cutoff = ts(now_ms.saturating_sub(KEEP_FINISHED_MS))?;
         let keep = KEEP_FINISHED as i64;
+        let orphan_cutoff = ts(now_ms.saturating_sub(ORPHAN_GRACE_MS))?;
         let tx = c.transaction().await.map_err(e)?;
-        // Subscriptions deleted: everything of theirs.
+        // One node prunes at a time; the others skip this round.
+        let mine: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
+            .await
+            .map_err(e)?
+            .get(0);
+        if !mine {
+            return Ok(());
+        }
+        // Subscriptions deleted: what has not moved for ORPHAN_GRACE_MS
+        // (another node may have created the subscription a moment ago),
+        // then their health once nothing of theirs is left.
         tx.execute(
-            "DELETE FROM flexgate_webhook_deliveries WHERE webhook_id <> ALL($1)",
-            &[&live],
+            "DELETE FROM flexgate_webhook_deliveries \
+             WHERE webhook_id <> ALL($1) AND updated_at < $2",
+            &[&live, &orphan_cutoff],
         )
         .await
         .map_err(e)?;
         tx.execute(
-            "DELETE FROM flexgate_webhook_health WHERE webhook_id <> ALL($1)",
+            "DELETE FROM flexgate_webhook_health h WHERE webhook_id <> ALL($1) \
+             AND NOT EXISTS (SELECT 1 FROM flexgate_webhook_deliveries d \
+                             WHERE d.webhook_id = h.webhook_id)",
             &[&live],
         )
         .await

@@ -1,12 +1,16 @@
 //! The senders: lease due deliveries, POST them, record each attempt.
 //!
-//! One loop per node leases up to [`CONCURRENCY`] due deliveries at a time
-//! from the store (woken by new deliveries, replays, or every
-//! [`POLL_INTERVAL`]) and runs each attempt as its own task. A lease lasts
-//! the subscription's `timeout` plus [`LEASE_MARGIN`]: if this node dies
+//! One loop per node leases due deliveries from the store (woken by new
+//! deliveries, replays, or every [`POLL_INTERVAL`]), at most
+//! [`CONCURRENCY`] in flight and [`PER_SUBSCRIPTION`] per subscription,
+//! and runs each attempt as its own task. A lease lasts the subscription's
+//! `timeout` plus [`LEASE_MARGIN`], and the attempt is cut at that
+//! `timeout` whatever the config says meanwhile: if this node dies
 //! mid-attempt, another node (or this one after a restart) takes the
 //! delivery when the lease expires. Delivery is at least once: an attempt
 //! whose answer was lost is sent again, with the same `webhook-id`.
+//! Leases compare the nodes' clocks: keep them in sync (NTP), or a node
+//! whose clock runs ahead by more than a lease can take a live one.
 //!
 //! An attempt ends in one of:
 //! - **success** (2xx);
@@ -34,6 +38,9 @@ use std::time::{Duration, Instant};
 
 /// Attempts in flight per node.
 pub const CONCURRENCY: usize = 16;
+/// Attempts in flight per node and subscription: a receiver that hangs
+/// cannot take every sender.
+pub const PER_SUBSCRIPTION: usize = 4;
 /// How often the store is asked for due deliveries without a wake-up.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// A lease outlives the attempt's timeout by this much.
@@ -212,16 +219,27 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Runs one leased delivery to its recorded end.
-    async fn run(webhooks: Arc<Webhooks>, mut d: Delivery) {
+    /// Runs one leased delivery to its recorded end; returns its
+    /// subscription's id. The attempt takes at most `lease_timeout` (the
+    /// timeout its lease was taken for), whatever the config says by then.
+    async fn run(webhooks: Arc<Webhooks>, mut d: Delivery, lease_timeout: Duration) -> String {
+        let id = d.webhook_id.clone();
         let subs = webhooks.subscriptions();
         let Some(sub) = subs.get(&d.webhook_id).filter(|s| s.enabled).cloned() else {
             // Deleted or disabled meanwhile: give the lease back untouched.
             let _ = webhooks.store.finish(&d).await;
-            return;
+            return id;
         };
         let (policy, hosts) = webhooks.policy();
-        let verdict = attempt(&sub, &mut d, &policy, &hosts, sub.max_retries).await;
+        let verdict = tokio::time::timeout(
+            lease_timeout,
+            attempt(&sub, &mut d, &policy, &hosts, sub.max_retries),
+        )
+        .await;
+        let Ok(verdict) = verdict else {
+            // Out of lease: another sender may have it now; record nothing.
+            return id;
+        };
         if let Err(e) = webhooks.store.finish(&d).await {
             tracing::warn!(webhook = %sub.id, delivery = %d.id, "recording a webhook attempt failed: {e}");
         }
@@ -249,6 +267,7 @@ impl Sender {
                 webhooks.disable(&sub.id, &reason).await;
             }
         }
+        id
     }
 
     /// Queue depths to the gauge; finished and orphaned deliveries pruned
@@ -289,10 +308,12 @@ impl Sender {
 #[async_trait]
 impl BackgroundService for Sender {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.webhooks.task_started();
         let mut running = tokio::task::JoinSet::new();
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut store_down = false;
+        let mut in_flight: std::collections::HashMap<String, usize> = Default::default();
         let mut rounds = 0u32;
         let mut chores = tokio::time::interval(HOUSEKEEPING);
         chores.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -304,52 +325,64 @@ impl BackgroundService for Sender {
                     let _ = tokio::time::timeout(Duration::from_secs(5), async {
                         while running.join_next().await.is_some() {}
                     }).await;
+                    self.webhooks.task_ended().await;
                     return;
                 }
                 _ = poll.tick() => {}
                 _ = self.webhooks.wake.notified() => {}
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok(id) = done {
+                        if let Some(n) = in_flight.get_mut(&id) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                }
                 _ = chores.tick() => {
                     self.housekeeping(rounds).await;
                     rounds = rounds.wrapping_add(1);
                     continue;
                 }
             }
-            let free = CONCURRENCY.saturating_sub(running.len());
-            if free == 0 {
-                continue;
-            }
             let subs = self.webhooks.subscriptions();
-            let enabled = subs.enabled_ids();
-            if enabled.is_empty() {
-                continue;
-            }
-            let lease = subs
-                .all
-                .iter()
-                .filter(|s| s.enabled)
-                .map(|s| s.timeout)
-                .max()
-                .unwrap_or_default()
-                + LEASE_MARGIN;
-            let now = crate::clock::unix_now_ms();
-            match self
-                .webhooks
-                .store
-                .lease_due(&enabled, now, lease.as_millis() as u64, free)
-                .await
-            {
-                Ok(due) => {
-                    if std::mem::take(&mut store_down) {
-                        tracing::info!("webhook deliveries flow again");
-                    }
-                    for d in due {
-                        running.spawn(Self::run(self.webhooks.clone(), d));
-                    }
+            // Per subscription, leased on its own and capped: a receiver
+            // that hangs holds at most PER_SUBSCRIPTION slots, never the
+            // others' turn.
+            for sub in subs.all.iter().filter(|s| s.enabled) {
+                let free = CONCURRENCY.saturating_sub(running.len());
+                let own = in_flight.get(&sub.id).copied().unwrap_or(0);
+                let max = free.min(PER_SUBSCRIPTION.saturating_sub(own));
+                if max == 0 {
+                    continue;
                 }
-                Err(e) => {
-                    if !std::mem::replace(&mut store_down, true) {
-                        tracing::warn!("webhook deliveries wait: {e}");
+                let lease = sub.timeout + LEASE_MARGIN;
+                let now = crate::clock::unix_now_ms();
+                match self
+                    .webhooks
+                    .store
+                    .lease_due(
+                        std::slice::from_ref(&sub.id),
+                        now,
+                        lease.as_millis() as u64,
+                        max,
+                    )
+                    .await
+                {
+                    Ok(due) => {
+                        if std::mem::take(&mut store_down) {
+                            tracing::info!("webhook deliveries flow again");
+                        }
+                        for d in due {
+                            *in_flight.entry(sub.id.clone()).or_default() += 1;
+                            // The attempt ends well inside its lease.
+                            let deadline = sub.timeout;
+                            running.spawn(Self::run(self.webhooks.clone(), d, deadline));
+                        }
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(&mut store_down, true) {
+                            tracing::warn!("webhook deliveries wait: {e}");
+                        }
+                        break;
                     }
                 }
             }
@@ -363,15 +396,12 @@ mod tests {
     use crate::config::WebhookConfig;
 
     fn sub() -> Subscription {
-        Subscription::compile(
-            0,
-            &WebhookConfig {
-                url: "http://127.0.0.1:9/".into(),
-                initial_delay: Some(crate::config::units::Millis(1_000)),
-                max_delay: Some(crate::config::units::Millis(60_000)),
-                ..Default::default()
-            },
-        )
+        Subscription::compile(&WebhookConfig {
+            url: "http://127.0.0.1:9/".into(),
+            initial_delay: Some(crate::config::units::Millis(1_000)),
+            max_delay: Some(crate::config::units::Millis(60_000)),
+            ..Default::default()
+        })
     }
 
     #[test]

@@ -33,16 +33,21 @@ fn human(ms: u64) -> String {
 }
 
 pub(super) fn check(e: &mut Vec<ConfigError>, webhooks: &[WebhookConfig], out: &Outbound<'_>) {
-    let mut webhook_ids: std::collections::HashMap<&str, usize> = Default::default();
+    let mut webhook_ids: std::collections::HashMap<String, usize> = Default::default();
     for (i, w) in webhooks.iter().enumerate() {
         let wp = format!("webhooks[{i}]");
-        if let Some(id) = w.id.as_deref() {
-            if let Some(j) = webhook_ids.insert(id, i) {
-                e.push(ConfigError::new(
+        let id = w.effective_id();
+        if let Some(j) = webhook_ids.insert(id.clone(), i) {
+            e.push(match &w.id {
+                Some(_) => ConfigError::new(
                     format!("{wp}.id"),
                     format!("duplicate webhook id {id:?} (also webhooks[{j}])"),
-                ));
-            }
+                ),
+                None => ConfigError::new(
+                    format!("{wp}.id"),
+                    format!("needed: webhooks[{j}] has the same url (or the id {id:?} this url would get); give them ids"),
+                ),
+            });
         }
         match parse_endpoint_url(&w.url) {
             Err(m) => e.push(ConfigError::new(format!("{wp}.url"), m)),
