@@ -1,0 +1,86 @@
+// A uPlot time-series chart: created once, fed new data on every render,
+// resized with its box, redrawn in the other palette when the system
+// theme changes.
+import { html, useEffect, useRef, useState } from '../vendor/htm-preact-standalone.js';
+import uPlot from '../vendor/uPlot.esm.js';
+
+/** @param {string} name */
+function cssVar(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || '#888';
+}
+
+/** Re-renders when the system switches between light and dark. */
+function useScheme() {
+  const mq = window.matchMedia('(prefers-color-scheme: dark)');
+  const [dark, setDark] = useState(mq.matches);
+  useEffect(() => {
+    const f = () => setDark(mq.matches);
+    mq.addEventListener('change', f);
+    return () => mq.removeEventListener('change', f);
+  }, []);
+  return dark;
+}
+
+/**
+ * @param {{title: string, label: string, series: {label: string, color: string}[],
+ *   data: (number|null)[][], unit?: string, testid?: string, height?: number, time?: boolean, span?: number}} p
+ *   `span`: seconds always shown on the x axis, up to the newest point;
+ *   `data[0]`: x values (Unix seconds), then one array per series;
+ *   `color`: a CSS custom property name (`--c1`).
+ */
+export function Chart({ title, label, series, data, unit = '', testid, height = 170, time = true, span = 0 }) {
+  const box = useRef(/** @type {HTMLDivElement|null} */ (null));
+  const plot = useRef(/** @type {uPlot|null} */ (null));
+  const dark = useScheme();
+
+  useEffect(() => {
+    const el = box.current;
+    if (!el) return;
+    const axis = cssVar('--muted');
+    const grid = cssVar('--grid');
+    /** @type {uPlot.Options} */
+    const opts = {
+      width: Math.max(200, el.clientWidth),
+      height,
+      scales: {
+        x: span
+          ? { time, range: (/** @type {uPlot} */ _u, /** @type {number} */ _min, /** @type {number} */ max) => [max - span, max] }
+          : { time },
+      },
+      series: [
+        { label: time ? 'Time' : 'x' },
+        ...series.map((s) => ({
+          label: s.label,
+          stroke: cssVar(s.color),
+          width: 2,
+          value: (/** @type {uPlot} */ _u, /** @type {number|null} */ v) => (v === null || v === undefined ? '–' : `${v.toFixed(2)}${unit}`),
+        })),
+      ],
+      axes: [
+        { stroke: axis, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } },
+        { stroke: axis, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 }, size: 56 },
+      ],
+      legend: { show: true, live: true },
+      cursor: { drag: { x: false, y: false } },
+    };
+    const u = new uPlot(opts, /** @type {uPlot.AlignedData} */ (data), el);
+    plot.current = u;
+    const ro = new ResizeObserver(() => u.setSize({ width: Math.max(200, el.clientWidth), height }));
+    ro.observe(el);
+    return () => {
+      ro.disconnect();
+      u.destroy();
+      plot.current = null;
+    };
+  }, [dark]);
+
+  useEffect(() => {
+    plot.current?.setData(/** @type {uPlot.AlignedData} */ (data));
+  }, [data]);
+
+  const points = data[0]?.length || 0;
+  return html`<figure class="chart" data-testid=${testid} data-points=${points}>
+    <figcaption>${title}</figcaption>
+    <div ref=${box} class="chart-box" role="img" aria-label=${label}></div>
+  </figure>`;
+}
