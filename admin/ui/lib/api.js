@@ -108,9 +108,19 @@ export function fieldErrors(e) {
   if (e instanceof ApiError) {
     for (const d of e.details) {
       const f = fieldOf(d.path);
-      const msg = d.path && fieldOf(d.path) !== d.path ? `${d.path}: ${d.message}` : d.message;
+      // "at line 1 column 32" points into the JSON the form sent, not at anything the user typed.
+      const text = d.message.replace(/ at line \d+ column \d+$/, '');
+      const msg = d.path && fieldOf(d.path) !== d.path ? `${d.path}: ${text}` : text;
       out[f] = out[f] ? `${out[f]}; ${msg}` : msg;
     }
   }
   return out;
+}
+
+/**
+ * The message of anything thrown.
+ * @param {unknown} e
+ */
+export function errText(e) {
+  return e instanceof Error ? e.message : String(e);
 }

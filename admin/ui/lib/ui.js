@@ -97,7 +97,7 @@ export function Field(p) {
       autocomplete=${p.autocomplete || 'off'} onInput=${(/** @type {any} */ e) => p.onInput(e.currentTarget.value)} />`;
   }
   return html`<div class="field ${p.error ? 'has-error' : ''}">
-    <label for=${id}>${p.label}${p.required ? html`<span aria-hidden="true"> *</span>` : ''}</label>
+    <label for=${id} class=${p.required ? 'req' : undefined}>${p.label}</label>
     ${control}
     ${p.hint && html`<small id=${hintId} class="hint">${p.hint}</small>`}
     ${p.error && html`<p id=${errId} class="field-error" role="alert">${p.error}</p>`}
