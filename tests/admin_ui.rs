@@ -225,6 +225,7 @@ fn browser_flows() {
         .env("FG_ADMIN", format!("http://127.0.0.1:{}", gw.admin_port))
         .env("FG_PROXY", format!("http://127.0.0.1:{}", gw.port))
         .env("FG_TOKEN", "test-admin-token")
+        .env("FG_UPSTREAM", upstream.url())
         .env("FG_SHOTS", &shots)
         .output()
         .expect("run node");

@@ -70,7 +70,7 @@ export const flows = [
       assert((await page.getAttribute('input[name=token]', 'aria-invalid')) === 'true', 'the field is marked invalid');
       await signIn(t);
       await page.waitForURL(/\/admin\/settings$/);
-      await page.getByRole('heading', { name: 'Settings' }).waitFor();
+      await page.getByRole('heading', { name: 'Settings', level: 1 }).waitFor();
     },
   ],
   [
@@ -191,6 +191,158 @@ export const flows = [
       await t.axe('upstream form');
       await t.shot('upstreams');
       await page.getByRole('button', { name: 'Cancel' }).click();
+    },
+  ],
+  [
+    'keys: create, copy, use, revoke, then 401',
+    async (t) => {
+      const { page, assert } = t;
+      const made = await adminApi(t, 'POST', '/api/routes', { id: 'keyed', path: '/keyed', upstream: 'app', auth: 'required' });
+      assert(made.status === 201, `keyed route: ${JSON.stringify(made)}`);
+      await until('the keyed route', async () => (await t.proxy('GET', '/keyed')) === 401);
+      await nav(t, 'API keys');
+      await page.getByRole('heading', { name: 'Create a key' }).waitFor();
+      await t.axe('keys');
+      await page.getByLabel('Name (consumer)').fill('ui-key');
+      await page.getByLabel('Expires in').fill('soon');
+      await page.getByRole('button', { name: 'Create key' }).click();
+      const expErr = fieldError(page, 'expiresIn');
+      await expErr.waitFor();
+      await page.getByLabel('Expires in').fill('30d');
+      await page.getByLabel('Scopes').fill('read, write');
+      await page.getByLabel('Routes').fill('keyed');
+      await page.getByRole('button', { name: 'Create key' }).click();
+      const secretEl = page.locator('[data-testid=secret]');
+      await secretEl.waitFor();
+      const secret = (await secretEl.textContent()).trim();
+      assert(secret.startsWith('fgk_'), `secret: ${secret}`);
+      await page.getByRole('button', { name: 'Copy key' }).click();
+      await page.getByText('Copied to the clipboard.').waitFor();
+      const clip = await page.evaluate(() => navigator.clipboard.readText());
+      assert(clip === secret, 'the clipboard holds the key');
+      await t.axe('keys with a new secret');
+      await t.shot('keys');
+      const row = page.locator('[data-testid=keys-list] tr', { hasText: 'ui-key' });
+      await row.getByText('active').waitFor();
+      assert((await row.textContent()).includes('read, write'), 'scopes shown');
+      await until('the key to work', async () => (await t.proxy('GET', '/keyed', { headers: { 'X-API-Key': clip } })) === 200);
+      page.once('dialog', (d) => d.accept());
+      await page.getByRole('button', { name: 'Revoke key ui-key' }).click();
+      await page.getByText('Revoked key ui-key.').waitFor();
+      await row.getByText('revoked').waitFor();
+      await until('the revoked key to be refused', async () => (await t.proxy('GET', '/keyed', { headers: { 'X-API-Key': clip } })) === 401);
+    },
+  ],
+  [
+    'webhooks: create in the form, send a test event, replay a failed delivery',
+    async (t) => {
+      const { page, env, assert } = t;
+      await nav(t, 'Webhooks');
+      await page.getByRole('button', { name: 'New webhook' }).click();
+      await page.getByLabel('Id', { exact: true }).fill('ui-hook');
+      await page.getByLabel('URL', { exact: true }).fill(env.upstream + '/hook');
+      await page.getByLabel('Events', { exact: true }).fill('config.changed');
+      await page.getByRole('button', { name: 'Create webhook' }).click();
+      await page.getByText(/Created webhook ui-hook/).waitFor();
+      await page.getByRole('button', { name: 'Send test event to webhook ui-hook' }).click();
+      await page.getByText(/Test event to ui-hook: succeeded/).waitFor();
+      const dl = page.locator('[data-testid=deliveries]');
+      await dl.locator('.badge', { hasText: 'succeeded' }).first().waitFor();
+      // A receiver that is down: the test event fails, then is replayed.
+      const dead = await adminApi(t, 'POST', '/api/webhooks', { id: 'dead-hook', url: 'http://127.0.0.1:9/hook', events: ['upstream.unhealthy'] });
+      assert(dead.status === 201, `dead hook: ${JSON.stringify(dead)}`);
+      await nav(t, 'Dashboard');
+      await nav(t, 'Webhooks');
+      await page.getByRole('button', { name: 'Send test event to webhook dead-hook' }).click();
+      await page.getByText(/Test event to dead-hook: failed/).waitFor();
+      await dl.locator('.badge', { hasText: 'failed' }).first().waitFor();
+      await t.axe('webhooks with deliveries');
+      await t.shot('webhooks');
+      await dl.getByRole('button', { name: /^Replay delivery/ }).first().click();
+      await dl.getByText(/is pending again/).waitFor();
+    },
+  ],
+  [
+    'config: the YAML, an import previewed with a dry-run diff, applied; export',
+    async (t) => {
+      const { page, assert } = t;
+      await nav(t, 'Config');
+      const area = page.getByLabel('Config (YAML or JSON)');
+      await page.waitForFunction(() => (document.querySelector('textarea[name=config]')?.value || '').includes('id: seed'));
+      const yaml = await area.inputValue();
+      await area.fill(yaml.replace('- id: seed\n', '- id: seed\n  name: from-import\n'));
+      await page.getByRole('button', { name: 'Preview changes (dry run)' }).click();
+      const dry = page.locator('[data-testid=dry-run]');
+      await dry.getByText('route/seed').waitFor();
+      await dry.locator('tr.d-add td', { hasText: 'name: from-import' }).waitFor();
+      let now = await adminApi(t, 'GET', '/api/routes/seed');
+      assert(!now.body.route.name, 'the dry run changed nothing');
+      await t.axe('config with a dry run');
+      await t.shot('config');
+      await page.getByRole('button', { name: 'Apply import' }).click();
+      await page.getByText(/Imported: 1 change/).waitFor();
+      now = await adminApi(t, 'GET', '/api/routes/seed');
+      assert(now.body.route.name === 'from-import', `imported: ${JSON.stringify(now.body)}`);
+      const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('link', { name: 'Export YAML' }).click()]);
+      assert(download.suggestedFilename() === 'flexgate-config.yaml', download.suggestedFilename());
+      const path = await download.path();
+      const { readFileSync } = await import('node:fs');
+      assert(readFileSync(path, 'utf8').includes('from-import'), 'the export holds the import');
+    },
+  ],
+  [
+    'audit: filter by resource and action, the before/after side by side',
+    async (t) => {
+      const { page, assert } = t;
+      await nav(t, 'Audit log');
+      await page.locator('[data-testid=audit-entry]').first().waitFor();
+      await page.getByLabel('Resource').fill('route/ui-made');
+      await page.getByRole('button', { name: 'Apply filters' }).click();
+      await page.waitForFunction(() => {
+        const rs = [...document.querySelectorAll('[data-testid=audit-entry]')].map((e) => e.getAttribute('data-resource'));
+        return rs.length >= 4 && rs.every((r) => r === 'route/ui-made');
+      });
+      const entries = page.locator('[data-testid=audit-entry]');
+      const n = await entries.count();
+      for (let i = 0; i < n; i++) await entries.nth(i).getByRole('button', { name: 'Show changes' }).click();
+      // The overwrite's diff: priority 7 added on the right, beside the old state.
+      await page.locator('.diff tr.d-add td, .diff tr.d-change td', { hasText: '"priority": 7' }).first().waitFor();
+      // The creation: nothing before.
+      const created = entries.filter({ hasText: 'create' });
+      assert((await created.count()) === 1, 'one creation');
+      await created.getByRole('columnheader', { name: 'Before (none)' }).waitFor();
+      await t.axe('audit with diffs');
+      await t.shot('audit');
+      await page.getByLabel('Action').selectOption('create');
+      await page.getByRole('button', { name: 'Apply filters' }).click();
+      await page.waitForFunction(() => document.querySelectorAll('[data-testid=audit-entry]').length === 1);
+      await page.getByRole('button', { name: 'Clear' }).click();
+      await page.waitForFunction(() => new Set([...document.querySelectorAll('[data-testid=audit-entry]')].map((e) => e.getAttribute('data-resource'))).size > 2);
+    },
+  ],
+  [
+    'settings: version, config version, nodes',
+    async (t) => {
+      const { page, assert } = t;
+      await nav(t, 'Settings');
+      const about = page.locator('[data-testid=about]');
+      await page.waitForFunction(() => /\d+\.\d+\.\d+/.test(document.querySelector('[data-testid=about]')?.textContent || ''));
+      assert(/Config version\s*\d+/.test(await about.textContent()), 'config version shown');
+      await page.locator('[data-testid=nodes] tbody tr').first().waitFor();
+      await t.axe('settings');
+      await t.shot('settings');
+    },
+  ],
+  [
+    'sign out',
+    async (t) => {
+      const { page, env, assert } = t;
+      await page.getByRole('button', { name: 'Sign out' }).click();
+      await page.getByText('You are signed out.').waitFor();
+      const r = await page.evaluate(async () => (await fetch('/api/routes')).status);
+      assert(r === 401, `after sign-out: ${r}`);
+      await page.goto(env.admin + '/admin/keys');
+      await page.waitForURL(/\/admin\/login\?next=%2Fadmin%2Fkeys$/);
     },
   ],
 ];

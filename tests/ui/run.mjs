@@ -18,6 +18,7 @@ const env = {
   admin: process.env.FG_ADMIN || 'http://127.0.0.1:9180',
   proxy: process.env.FG_PROXY || 'http://127.0.0.1:3000',
   token: process.env.FG_TOKEN || '',
+  upstream: process.env.FG_UPSTREAM || 'http://127.0.0.1:8080',
   shots: process.env.FG_SHOTS || 'target/ui-screenshots',
   chromium: process.env.FLEXGATE_CHROMIUM || '/usr/bin/chromium',
 };

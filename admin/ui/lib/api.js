@@ -41,6 +41,7 @@ export function setUnauthorizedHandler(f) {
  * @property {number|string} [ifMatch] config version the change is based on
  * @property {boolean} [quiet401] a 401 is the caller's business (sign-in)
  * @property {boolean} [raw] answer the Response's text instead of JSON
+ * @property {boolean} [full] answer `{data, version}` (`X-Config-Version`)
  */
 
 /**
@@ -81,9 +82,10 @@ export async function api(method, path, opts = {}) {
     throw new ApiError(resp.status, err.error, err.message, err.details);
   }
   if (resp.status === 204) return null;
-  if (opts.raw) return resp.text();
   const type = resp.headers.get('content-type') || '';
-  return type.includes('json') ? resp.json() : resp.text();
+  const data = await (opts.raw || !type.includes('json') ? resp.text() : resp.json());
+  if (opts.full) return { data, version: Number(resp.headers.get('x-config-version')) || null };
+  return data;
 }
 
 /**
