@@ -334,6 +334,35 @@ export const flows = [
     },
   ],
   [
+    'dark theme (from the system): axe on every page',
+    async (t) => {
+      const { page } = t;
+      await page.emulateMedia({ colorScheme: 'dark' });
+      try {
+        for (const [label, ready] of [
+          ['Dashboard', '[data-testid=stat-p99]'],
+          ['Routes', '[data-testid=routes-list]'],
+          ['Upstreams', '[data-testid=upstreams-list]'],
+          ['API keys', '[data-testid=keys-list]'],
+          ['Webhooks', '[data-testid=webhooks-list]'],
+          ['Config', 'textarea[name=config]'],
+          ['Audit log', '[data-testid=audit-entry]'],
+          ['Settings', '[data-testid=nodes]'],
+        ]) {
+          await nav(t, label);
+          await page.locator(ready).first().waitFor();
+          await t.axe(`${label} (dark)`);
+          if (label === 'Dashboard') {
+            await page.waitForFunction(() => Number(document.querySelector('[data-testid=chart-rate]')?.getAttribute('data-points')) >= 3);
+            await t.shot('dashboard-dark');
+          }
+        }
+      } finally {
+        await page.emulateMedia({ colorScheme: 'light' });
+      }
+    },
+  ],
+  [
     'sign out',
     async (t) => {
       const { page, env, assert } = t;

@@ -14,6 +14,18 @@ function utc(v) {
   return Number.isNaN(d.getTime()) ? v : d.toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
 
+/**
+ * The entry's JSON without its `null` fields (an absent optional field:
+ * the default), so the diff shows what was set.
+ * @param {unknown} v
+ * @returns {unknown}
+ */
+function clean(v) {
+  if (Array.isArray(v)) return v.map(clean);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).filter(([, x]) => x !== null).map(([k, x]) => [k, clean(x)]));
+  return v;
+}
+
 /** @param {{entry: any}} p */
 function Entry({ entry }) {
   const [open, setOpen] = useState(false);
@@ -29,7 +41,7 @@ function Entry({ entry }) {
     </div>
     ${open &&
     html`<div id=${id}>
-      <${SideBySide} before=${pretty(entry.before)} after=${pretty(entry.after)}
+      <${SideBySide} before=${pretty(clean(entry.before))} after=${pretty(clean(entry.after))}
         label=${`Changes to ${entry.resource} in version ${entry.version}, before and after`}
         leftTitle=${entry.before == null ? 'Before (none)' : 'Before'} rightTitle=${entry.after == null ? 'After (none)' : 'After'} />
     </div>`}

@@ -33,20 +33,26 @@ function trim(s, now) {
 }
 
 /**
+ * The series and last summary, kept while the UI is open (leaving the
+ * dashboard and coming back keeps the 15 minutes drawn so far).
+ */
+const shared = {
+  series: emptySeries(),
+  /** @type {any} */ last: null,
+  /** @type {number} */ lastAt: 0,
+  /** @type {Record<string, number>} */ routeRates: {},
+  /** @type {Record<string, number>} */ upstreamRates: {},
+  rate: 0,
+  node: '',
+  /** @type {Record<string, number>} */ nodes: {},
+};
+
+/**
  * The dashboard's model, fed by each summary of this node.
  */
 function useLive() {
   const [tick, setTick] = useState(0);
-  const model = useRef({
-    series: emptySeries(),
-    /** @type {any} */ last: null,
-    /** @type {number} */ lastAt: 0,
-    /** @type {Record<string, number>} */ routeRates: {},
-    /** @type {Record<string, number>} */ upstreamRates: {},
-    rate: 0,
-    node: '',
-    /** @type {Record<string, number>} */ nodes: {},
-  });
+  const model = useRef(shared);
 
   /** @param {any} s a summary */
   const onMetrics = (s) => {
@@ -106,18 +112,28 @@ function useLive() {
 
   const stream = useEventStream('/api/stream/metrics?interval=1', {
     connected: (d) => {
-      model.current.node = d.node;
+      const m = model.current;
+      if (m.node && m.node !== d.node) {
+        // Another process answers now (a restart): start over.
+        m.series = emptySeries();
+        m.last = null;
+      }
+      m.node = d.node;
     },
     metrics: onMetrics,
   });
   return { stream, model: model.current, tick };
 }
 
-/** @param {{stream: import('../lib/stream.js').StreamState, what: string}} p */
-export function StreamStatus({ stream, what }) {
+/**
+ * @param {{stream: import('../lib/stream.js').StreamState, what: string, staleAfter?: number}} p
+ *   `staleAfter`: seconds without an event that mean the stream is stuck
+ *   (none for a stream that is quiet until something happens)
+ */
+export function StreamStatus({ stream, what, staleAfter }) {
   useTick(1000);
   const age = stream.lastEventAt ? (Date.now() - stream.lastEventAt) / 1000 : null;
-  const stale = stream.status === 'live' && age !== null && age > 5;
+  const stale = !!staleAfter && stream.status === 'live' && age !== null && age > staleAfter;
   const label = stale
     ? `stale: no update for ${Math.round(age)} s`
     : stream.status === 'live'
@@ -397,7 +413,7 @@ export function DashboardPage() {
   return html`<div class="page dashboard">
     <div class="page-head">
       <h1>Dashboard</h1>
-      <${StreamStatus} stream=${stream} what="metrics" />
+      <${StreamStatus} stream=${stream} what="metrics" staleAfter=${5} />
     </div>
     ${others.length > 0 && html`<p class="muted small">Showing node ${model.node}; also seen: ${others.join(', ')}.</p>`}
     <div class="stats">

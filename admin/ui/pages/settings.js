@@ -53,7 +53,7 @@ export function SettingsPage() {
     </section>
     <section class="card" aria-labelledby="nodes-h">
       <h2 id="nodes-h">Nodes</h2>
-      <${StreamStatus} stream=${stream} what="metrics" />
+      <${StreamStatus} stream=${stream} what="metrics" staleAfter=${15} />
       ${Object.keys(nodes).length === 0
         ? html`<p class="muted">Waiting for the first summary…</p>`
         : html`<div class="table-wrap"><table class="data" data-testid="nodes">
