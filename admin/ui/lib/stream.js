@@ -3,6 +3,7 @@
 // server dropped because this client fell behind), stale (no event for a
 // while), closed.
 import { useEffect, useRef, useState } from '../vendor/htm-preact-standalone.js';
+import { api } from './api.js';
 
 /**
  * @typedef {object} StreamState
@@ -18,10 +19,9 @@ import { useEffect, useRef, useState } from '../vendor/htm-preact-standalone.js'
  * get each named event's parsed data.
  * @param {string} url
  * @param {Record<string, (data: any) => void>} handlers
- * @param {() => void} [onClosed] called when the browser gave up (e.g. 401)
  * @returns {StreamState}
  */
-export function useEventStream(url, handlers, onClosed) {
+export function useEventStream(url, handlers) {
   const [state, setState] = useState(
     /** @type {StreamState} */ ({ status: 'connecting', reconnects: 0, missed: 0, lastEventAt: 0, node: '' }),
   );
@@ -39,14 +39,20 @@ export function useEventStream(url, handlers, onClosed) {
       es.addEventListener('error', () => {
         if (closed || !es) return;
         if (es.readyState === EventSource.CLOSED) {
-          // The browser gave up (an error status such as 401 or 503):
-          // tell the page, and try again ourselves in a few seconds.
+          // The browser gave up (an error status such as 401 or 503).
+          // Whether the session ended is asked once (a 401 goes to
+          // sign-in; retrying with a dead cookie would count as failed
+          // sign-ins); otherwise try again in a few seconds.
           setState((s) => ({ ...s, status: 'closed' }));
-          if (onClosed) onClosed();
-          retry = setTimeout(() => {
-            setState((s) => ({ ...s, status: 'reconnecting', reconnects: s.reconnects + 1 }));
-            open();
-          }, 3000);
+          api('GET', '/api/metrics')
+            .then(() => 0, (/** @type {any} */ e) => e.status)
+            .then((status) => {
+              if (closed || status === 401) return;
+              retry = setTimeout(() => {
+                setState((s) => ({ ...s, status: 'reconnecting', reconnects: s.reconnects + 1 }));
+                open();
+              }, 3000);
+            });
         } else {
           setState((s) => ({ ...s, status: 'reconnecting', reconnects: s.reconnects + 1 }));
         }
