@@ -372,6 +372,22 @@ export const flows = [
       assert(r === 401, `after sign-out: ${r}`);
       await page.goto(env.admin + '/admin/keys');
       await page.waitForURL(/\/admin\/login\?next=%2Fadmin%2Fkeys$/);
+      // Keyboard only: Tab to the token, Enter signs in; focus is visible.
+      await page.keyboard.press('Tab');
+      assert(await page.evaluate(() => document.activeElement?.getAttribute('name') === 'token'), 'Tab reaches the token field');
+      await page.keyboard.type(env.token);
+      await page.keyboard.press('Enter');
+      await page.waitForURL(/\/admin\/keys$/);
+      await page.keyboard.press('Tab');
+      const focus = await page.evaluate(() => {
+        const el = document.activeElement;
+        const st = el ? getComputedStyle(el) : null;
+        return { text: el?.textContent, outline: st?.outlineStyle, width: st?.outlineWidth };
+      });
+      assert(focus.text === 'Skip to content' && focus.outline !== 'none' && focus.width !== '0px', `visible focus: ${JSON.stringify(focus)}`);
+      await page.keyboard.press('Tab');
+      const second = await page.evaluate(() => document.activeElement?.textContent);
+      assert(second === 'Dashboard', `the navigation is next: ${second}`);
     },
   ],
 ];
