@@ -71,7 +71,7 @@ export function ConfigPage() {
         <a class="button-link" href="/api/config?format=json" download="flexgate-config.json">Export JSON</a>
       </div>
     </div>
-    <p class="muted">The routes, upstreams, webhooks and settings the admin API manages${current?.version ? `, at config version ${current.version}` : ''}. Secrets show as &lt;redacted&gt;; importing keeps them. Boot settings (listeners, admin, TLS, database) stay in the config file.</p>
+    <p class="muted">The routes, upstreams, webhooks and settings the admin API manages${current?.version ? `, at config version ${current.version}` : ''}. Secrets show as ${'<redacted>'}; importing keeps them. Boot settings (listeners, admin, TLS, database) stay in the config file.</p>
     ${done && html`<${Notice} kind="ok">${done}<//>`}
     ${error &&
     html`<div class="notice notice-error" role="alert">

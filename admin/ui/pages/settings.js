@@ -13,6 +13,14 @@ async function probe(path) {
   return r.json();
 }
 
+/** @param {number} s seconds */
+function uptime(s) {
+  if (s < 120) return `${s} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${Math.round(s / 3600)} h`;
+  return `${Math.round(s / 86400)} days`;
+}
+
 export function SettingsPage() {
   const [health, setHealth] = useState(/** @type {any} */ (null));
   const [ready, setReady] = useState(/** @type {any} */ (null));
@@ -60,7 +68,7 @@ export function SettingsPage() {
             <thead><tr><th scope="col">Node</th><th scope="col">Uptime</th><th scope="col">Requests since start</th><th scope="col">Last summary</th></tr></thead>
             <tbody>${Object.entries(nodes).map(
               ([n, v]) => html`<tr><th scope="row">${n}${n === stream.node ? ' (this one)' : ''}</th>
-                <td>${Math.round(v.uptime / 60)} min</td><td>${v.requests.toLocaleString('en')}</td>
+                <td>${uptime(v.uptime)}</td><td>${v.requests.toLocaleString('en')}</td>
                 <td>${new Date(v.seen).toLocaleTimeString()}</td></tr>`,
             )}</tbody>
           </table></div>`}
