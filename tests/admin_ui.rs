@@ -177,6 +177,15 @@ fn ui_routes_stay_out_of_the_openapi_document() {
     assert!(paths.keys().all(|p| !p.starts_with("/admin")));
 }
 
+/// The last `n` bytes of `s` (or a little more, at a character boundary).
+fn tail(s: &str, n: usize) -> &str {
+    let mut at = s.len().saturating_sub(n);
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    &s[at..]
+}
+
 /// What the browser tests need, or why they cannot run here.
 fn browser_prereqs() -> Result<std::path::PathBuf, String> {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -211,7 +220,7 @@ fn browser_flows() {
         }
     };
     let upstream = TestUpstream::start("app", Behavior::Ok);
-    let gw = Gateway::start(
+    let mut gw = Gateway::start(
         "",
         &format!(
             "upstreams:\n  - name: app\n    url: {}\nroutes:\n  - id: seed\n    path: /seed\n    upstream: app\n",
@@ -220,26 +229,45 @@ fn browser_flows() {
     );
     let shots = root.join("target/ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
-    let out = Command::new("node")
+    // The flows ask for a gateway restart by creating `restart` here; the
+    // restart done, `restarted` appears.
+    let signals = tempfile::tempdir().unwrap();
+    let out_path = signals.path().join("out.log");
+    let out_file = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new("node")
         .arg(root.join("tests/ui/run.mjs"))
         .env("FG_ADMIN", format!("http://127.0.0.1:{}", gw.admin_port))
         .env("FG_PROXY", format!("http://127.0.0.1:{}", gw.port))
         .env("FG_TOKEN", "test-admin-token")
         .env("FG_UPSTREAM", upstream.url())
         .env("FG_SHOTS", &shots)
-        .output()
+        .env("FG_SIGNALS", signals.path())
+        .stdout(out_file.try_clone().unwrap())
+        .stderr(out_file)
+        .spawn()
         .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "browser tests failed ({}):\n{stdout}\n{stderr}\ngateway log:\n{}",
-        out.status,
-        {
-            let log = gw.log();
-            log[log.len().saturating_sub(4000)..].to_string()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        let ask = signals.path().join("restart");
+        if ask.exists() {
+            std::fs::remove_file(&ask).unwrap();
+            gw.kill_and_restart();
+            std::fs::write(signals.path().join("restarted"), b"").unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    println!("{output}");
+    assert!(
+        status.success(),
+        "browser tests failed ({status}):\n{output}\ngateway log:\n{}",
+        tail(&gw.log(), 4000)
     );
 }

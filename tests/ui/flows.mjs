@@ -363,6 +363,30 @@ export const flows = [
     },
   ],
   [
+    'gateway restart: the stream shows it, the ended session leads to sign-in, then live again',
+    async (t) => {
+      const { page, env } = t;
+      if (!env.signals) {
+        console.log('  skipped: FG_SIGNALS is not set (no harness to restart the gateway)');
+        return;
+      }
+      const { writeFileSync, existsSync } = await import('node:fs');
+      const { join } = await import('node:path');
+      await nav(t, 'Dashboard');
+      const state = page.locator('[data-testid=stream-metrics]');
+      await state.getByText('live', { exact: true }).waitFor();
+      writeFileSync(join(env.signals, 'restart'), '');
+      await state.getByText(/reconnecting|disconnected/).waitFor({ timeout: 20000 });
+      await t.shot('dashboard-reconnecting');
+      await until('the restart', async () => existsSync(join(env.signals, 'restarted')));
+      // Sessions live in memory: the new process knows none.
+      await page.waitForURL(/\/admin\/login\?expired=1$/, { timeout: 20000 });
+      await signIn(t);
+      await page.waitForURL(/\/admin$/);
+      await state.getByText('live', { exact: true }).waitFor();
+    },
+  ],
+  [
     'sign out',
     async (t) => {
       const { page, env, assert } = t;

@@ -19,6 +19,8 @@ const env = {
   proxy: process.env.FG_PROXY || 'http://127.0.0.1:3000',
   token: process.env.FG_TOKEN || '',
   upstream: process.env.FG_UPSTREAM || 'http://127.0.0.1:8080',
+  // Where to ask the test harness for a gateway restart (none: that flow is skipped).
+  signals: process.env.FG_SIGNALS || '',
   shots: process.env.FG_SHOTS || 'target/ui-screenshots',
   chromium: process.env.FLEXGATE_CHROMIUM || '/usr/bin/chromium',
 };
