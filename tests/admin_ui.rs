@@ -227,6 +227,13 @@ fn browser_flows() {
             upstream.url()
         ),
     );
+    run_flows(&root, &mut gw, &upstream.url(), "");
+}
+
+/// Runs `tests/ui/run.mjs` (the flows whose names start with one of the
+/// comma-separated `only`; empty: all) against `gw`, restarting the
+/// gateway when a flow asks; fails with the output and the log's tail.
+fn run_flows(root: &std::path::Path, gw: &mut Gateway, upstream: &str, only: &str) {
     let shots = root.join("target/ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     // The flows ask for a gateway restart by creating `restart` here; the
@@ -239,9 +246,10 @@ fn browser_flows() {
         .env("FG_ADMIN", format!("http://127.0.0.1:{}", gw.admin_port))
         .env("FG_PROXY", format!("http://127.0.0.1:{}", gw.port))
         .env("FG_TOKEN", "test-admin-token")
-        .env("FG_UPSTREAM", upstream.url())
+        .env("FG_UPSTREAM", upstream)
         .env("FG_SHOTS", &shots)
         .env("FG_SIGNALS", signals.path())
+        .env("FG_ONLY", only)
         .stdout(out_file.try_clone().unwrap())
         .stderr(out_file)
         .spawn()
@@ -270,4 +278,95 @@ fn browser_flows() {
         "browser tests failed ({status}):\n{output}\ngateway log:\n{}",
         tail(&gw.log(), 4000)
     );
+}
+
+/// A database of its own on the PostgreSQL at 127.0.0.1:5432, dropped at
+/// the end (as in tests/history.rs).
+struct Db {
+    name: String,
+}
+
+fn pg(db: &str, statement: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("host=127.0.0.1 port=5432 user=postgres dbname={db} connect_timeout=3");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(statement)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+impl Db {
+    fn create() -> Result<Db, String> {
+        let name = format!("fg_ui_{:016x}", fastrand::u64(..));
+        pg("postgres", &format!("CREATE DATABASE {name}"))?;
+        Ok(Db { name })
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = pg(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// Database mode: the dashboard's history view draws the roll-ups.
+#[test]
+fn browser_history_view_in_database_mode() {
+    let root = match browser_prereqs() {
+        Ok(r) => r,
+        Err(why) => {
+            skip_or_fail(&format!("admin UI browser tests: {why}"));
+            return;
+        }
+    };
+    let db = match Db::create() {
+        Ok(db) => db,
+        Err(e) => {
+            skip_or_fail(&format!("PostgreSQL not reachable at 127.0.0.1:5432: {e}"));
+            return;
+        }
+    };
+    let upstream = TestUpstream::start("app", Behavior::Ok);
+    let mut gw = Gateway::start(
+        "",
+        &format!(
+            "database:\n  url: \"postgres://postgres@127.0.0.1:5432/{}\"\nhistory:\n  batchSize: 50\n  flushInterval: 100ms\n  maintenanceInterval: 500ms\nupstreams:\n  - name: app\n    url: {}\nroutes:\n  - id: seed\n    path: /seed\n    upstream: app\n",
+            db.name,
+            upstream.url()
+        ),
+    );
+    let mut c = Client::connect(gw.port);
+    for _ in 0..200 {
+        assert_eq!(c.request("GET", "/seed", &[], b"").unwrap().status, 200);
+    }
+    let admin = gw.admin_port;
+    gw.wait_until("the roll-ups", std::time::Duration::from_secs(30), || {
+        let r = request(
+            admin,
+            "GET",
+            "/api/metrics/history?granularity=hour",
+            &[("Authorization", "Bearer test-admin-token")],
+            b"",
+        );
+        r.status == 200
+            && r.json()["overall"].as_array().is_some_and(|b| {
+                b.iter()
+                    .map(|b| b["requests"].as_i64().unwrap_or(0))
+                    .sum::<i64>()
+                    >= 200
+            })
+    });
+    run_flows(&root, &mut gw, &upstream.url(), "login,history");
 }

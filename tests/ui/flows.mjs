@@ -414,4 +414,18 @@ export const flows = [
       assert(second === 'Dashboard', `the navigation is next: ${second}`);
     },
   ],
+  [
+    'history (database mode only): the roll-ups by hour and by day',
+    async (t) => {
+      const { page } = t;
+      await nav(t, 'Dashboard');
+      const chart = page.locator('[data-testid=history-chart]');
+      await page.waitForFunction(() => Number(document.querySelector('[data-testid=history-chart]')?.getAttribute('data-points')) >= 1);
+      await chart.scrollIntoViewIfNeeded();
+      await t.axe('dashboard with history');
+      await t.shot('dashboard-history');
+      await page.getByLabel('Range').selectOption('day');
+      await page.waitForFunction(() => Number(document.querySelector('[data-testid=history-chart]')?.getAttribute('data-points')) >= 1);
+    },
+  ],
 ];

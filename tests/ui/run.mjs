@@ -78,7 +78,11 @@ function assert(cond, msg) {
 
 const t = { page, context, env, axe, shot, proxy, assert, pageProblems };
 let failed = 0;
+const only = (process.env.FG_ONLY || '').split(',').filter(Boolean);
 for (const [name, f] of flows) {
+  if (only.length && !only.some((o) => name.startsWith(o))) continue;
+  // Database-mode flows run only when asked for (FG_ONLY).
+  if (!only.length && name.includes('(database mode only)')) continue;
   const started = Date.now();
   console.log(`flow: ${name}`);
   try {

@@ -23,15 +23,19 @@ function useScheme() {
 
 /**
  * @param {{title: string, label: string, series: {label: string, color: string}[],
- *   data: (number|null)[][], unit?: string, testid?: string, height?: number, time?: boolean, span?: number}} p
+ *   data: (number|null)[][], unit?: string, testid?: string, height?: number, time?: boolean, span?: number,
+ *   xRange?: [number, number]}} p
  *   `span`: seconds always shown on the x axis, up to the newest point;
+ *   `xRange`: the x axis' fixed [min, max] instead;
  *   `data[0]`: x values (Unix seconds), then one array per series;
  *   `color`: a CSS custom property name (`--c1`).
  */
-export function Chart({ title, label, series, data, unit = '', testid, height = 170, time = true, span = 0 }) {
+export function Chart({ title, label, series, data, unit = '', testid, height = 170, time = true, span = 0, xRange }) {
   const box = useRef(/** @type {HTMLDivElement|null} */ (null));
   const plot = useRef(/** @type {uPlot|null} */ (null));
   const dark = useScheme();
+  const xRangeRef = useRef(/** @type {[number, number]|undefined} */ (xRange));
+  xRangeRef.current = xRange;
 
   useEffect(() => {
     const el = box.current;
@@ -43,9 +47,18 @@ export function Chart({ title, label, series, data, unit = '', testid, height = 
       width: Math.max(200, el.clientWidth),
       height,
       scales: {
-        x: span
-          ? { time, range: (/** @type {uPlot} */ _u, /** @type {number} */ _min, /** @type {number} */ max) => [max - span, max] }
-          : { time },
+        // The x range is always set from the data (uPlot pads a single
+        // point by years otherwise).
+        x: {
+          time,
+          range: (/** @type {uPlot} */ u) => {
+            if (xRangeRef.current) return xRangeRef.current;
+            const xs = /** @type {number[]} */ (u.data[0] || []);
+            const last = xs.length ? xs[xs.length - 1] : Date.now() / 1000;
+            const first = xs.length ? xs[0] : last - 60;
+            return span ? [last - span, last] : [Math.min(first, last - 60), last];
+          },
+        },
       },
       series: [
         { label: time ? 'Time' : 'x' },

@@ -387,7 +387,7 @@ function History() {
               { label: 'requests', color: '--c1' },
               { label: 'p99 ms', color: '--c4' },
               { label: 'errors %', color: '--c5' },
-            ]} data=${chart} testid="history-chart" />`}`}
+            ]} data=${chart} testid="history-chart" xRange=${[Date.parse(d.from) / 1000, Date.parse(d.to) / 1000]} />`}`}
   </section>`;
 }
 
