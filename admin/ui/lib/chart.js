@@ -22,7 +22,7 @@ function useScheme() {
 }
 
 /**
- * @param {{title: string, label: string, series: {label: string, color: string}[],
+ * @param {{title: string, label: string, series: {label: string, color: string, scale?: string}[],
  *   data: (number|null)[][], unit?: string, testid?: string, height?: number, time?: boolean, span?: number,
  *   xRange?: [number, number]}} p
  *   `span`: seconds always shown on the x axis, up to the newest point;
@@ -41,6 +41,8 @@ export function Chart({ title, label, series, data, unit = '', testid, height = 
     const el = box.current;
     if (!el) return;
     const axis = cssVar('--muted');
+    // One y axis per scale: the first on the left, the second on the right.
+    const scales = [...new Set(series.map((s) => s.scale || 'y'))];
     const grid = cssVar('--grid');
     /** @type {uPlot.Options} */
     const opts = {
@@ -64,6 +66,7 @@ export function Chart({ title, label, series, data, unit = '', testid, height = 
         { label: time ? 'Time' : 'x' },
         ...series.map((s) => ({
           label: s.label,
+          scale: s.scale || 'y',
           stroke: cssVar(s.color),
           width: 2,
           value: (/** @type {uPlot} */ _u, /** @type {number|null} */ v) => (v === null || v === undefined ? '–' : `${v.toFixed(2)}${unit}`),
@@ -71,7 +74,11 @@ export function Chart({ title, label, series, data, unit = '', testid, height = 
       ],
       axes: [
         { stroke: axis, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } },
-        { stroke: axis, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 }, size: 56 },
+        ...scales.map((sc, i) =>
+          i === 0
+            ? { scale: sc, stroke: axis, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 }, size: 56 }
+            : { scale: sc, side: 1, stroke: axis, grid: { show: false }, ticks: { stroke: grid, width: 1 }, size: 56 },
+        ),
       ],
       legend: { show: true, live: true },
       cursor: { drag: { x: false, y: false } },

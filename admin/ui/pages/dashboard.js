@@ -382,11 +382,11 @@ function History() {
           ${state.error && html`<${Notice} kind="error">${state.error}<//>`}
           ${d && !d.recording && html`<${Notice} kind="info">This node does not record history (history.enabled).<//>`}
           ${chart &&
-          html`<${Chart} title="Requests per bucket and p99 (ms)" label=${`Request history, ${d.overall.length} buckets`}
+          html`<${Chart} title="Requests per bucket (left); p99 ms and errors % (right)" label=${`Request history, ${d.overall.length} buckets`}
             series=${[
               { label: 'requests', color: '--c1' },
-              { label: 'p99 ms', color: '--c4' },
-              { label: 'errors %', color: '--c5' },
+              { label: 'p99 ms', color: '--c4', scale: 'ms' },
+              { label: 'errors %', color: '--c5', scale: 'ms' },
             ]} data=${chart} testid="history-chart" xRange=${[Date.parse(d.from) / 1000, Date.parse(d.to) / 1000]} />`}`}
   </section>`;
 }
