@@ -191,6 +191,23 @@ export const flows = [
       await t.axe('upstream form');
       await t.shot('upstreams');
       await page.getByRole('button', { name: 'Cancel' }).click();
+      // Deleting an upstream in use: the API's reason is shown.
+      page.once('dialog', (d) => d.accept());
+      await page.getByRole('button', { name: 'Delete upstream app' }).click();
+      await page.getByRole('alert').getByText(/is used by route\(s\)/).waitFor();
+      // A new one made in the form (two weighted targets), then deleted.
+      await page.getByRole('button', { name: 'New upstream' }).click();
+      await page.getByLabel('Name', { exact: true }).fill('spare');
+      await page.getByLabel('Targets (JSON, instead of URL)').fill('[{"url": "http://127.0.0.1:9", "weight": 2}, {"url": "http://127.0.0.1:10"}]');
+      await page.getByLabel('Load balancing').selectOption('leastConnections');
+      await page.getByRole('button', { name: 'Create upstream' }).click();
+      await page.getByText(/Created upstream spare/).waitFor();
+      const row = page.locator('[data-testid=upstreams-list] tr[data-key=spare]');
+      await row.getByText('leastConnections').waitFor();
+      page.once('dialog', (d) => d.accept());
+      await page.getByRole('button', { name: 'Delete upstream spare' }).click();
+      await page.getByText('Deleted upstream spare.').waitFor();
+      await row.waitFor({ state: 'detached' });
     },
   ],
   [
