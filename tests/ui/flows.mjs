@@ -335,6 +335,20 @@ export const flows = [
       await page.waitForFunction(() => document.querySelectorAll('[data-testid=audit-entry]').length === 1);
       await page.getByRole('button', { name: 'Clear' }).click();
       await page.waitForFunction(() => new Set([...document.querySelectorAll('[data-testid=audit-entry]')].map((e) => e.getAttribute('data-resource'))).size > 2);
+      // By actor: the writes of the token (the "other admin" of these tests).
+      await page.getByLabel('Actor').selectOption('admin-token');
+      await page.getByRole('button', { name: 'Apply filters' }).click();
+      await page.waitForFunction(() => {
+        const es = [...document.querySelectorAll('[data-testid=audit-entry]')];
+        return es.length > 0 && es.every((e) => e.textContent.includes('by admin-token'));
+      });
+      // By time: nothing after 2099.
+      await page.getByLabel('Actor').selectOption('');
+      await page.getByLabel('Since').fill('2099-01-01T00:00');
+      await page.getByRole('button', { name: 'Apply filters' }).click();
+      await page.getByText('No entries.').waitFor();
+      await page.getByRole('button', { name: 'Clear' }).click();
+      await page.locator('[data-testid=audit-entry]').first().waitFor();
     },
   ],
   [

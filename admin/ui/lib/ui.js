@@ -59,7 +59,7 @@ export function useId(prefix) {
  * @param {{label: string, name: string, value: any, onInput: (v: any) => void,
  *   type?: string, error?: string, hint?: string, required?: boolean,
  *   options?: string[], rows?: number, placeholder?: string, autocomplete?: string,
- *   disabled?: boolean}} p
+ *   disabled?: boolean, emptyLabel?: string}} p `emptyLabel`: the text of the option '' of `options`
  */
 export function Field(p) {
   const id = useId('f-' + p.name);
@@ -87,7 +87,7 @@ export function Field(p) {
   if (p.options) {
     control = html`<select ...${common} value=${p.value ?? ''}
       onChange=${(/** @type {any} */ e) => p.onInput(e.currentTarget.value)}>
-      ${p.options.map((o) => html`<option value=${o}>${o === '' ? '(default)' : o}</option>`)}
+      ${p.options.map((o) => html`<option value=${o}>${o === '' ? p.emptyLabel || '(default)' : o}</option>`)}
     </select>`;
   } else if (p.type === 'textarea') {
     control = html`<textarea ...${common} rows=${p.rows || 4} value=${p.value ?? ''} placeholder=${p.placeholder}

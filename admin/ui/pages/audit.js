@@ -91,9 +91,9 @@ export function AuditPage() {
     }}>
       <h2 id="filter-h">Filter</h2>
       <div class="form-grid">
-        <${Field} label="Actor" name="actor" value=${f.actor} onInput=${set('actor')} options=${['', 'admin-token', 'session', 'cli', 'import', 'startup']} />
+        <${Field} label="Actor" name="actor" value=${f.actor} onInput=${set('actor')} options=${['', 'admin-token', 'session', 'cli', 'import', 'startup']} emptyLabel="any" />
         <${Field} label="Resource" name="resource" value=${f.resource} onInput=${set('resource')} placeholder="route/api, or a kind: route" />
-        <${Field} label="Action" name="action" value=${f.action} onInput=${set('action')} options=${['', 'create', 'update', 'delete', 'revoke', 'import']} />
+        <${Field} label="Action" name="action" value=${f.action} onInput=${set('action')} options=${['', 'create', 'update', 'delete', 'revoke', 'import']} emptyLabel="any" />
         <${Field} label="Since" name="since" type="datetime-local" value=${f.since} onInput=${set('since')} />
         <${Field} label="Until" name="until" type="datetime-local" value=${f.until} onInput=${set('until')} />
       </div>
