@@ -80,9 +80,9 @@ export const flows = [
       await nav(t, 'Dashboard');
       await page.waitForURL(/\/admin$/);
       await page.locator('[data-testid=stream-metrics] strong', { hasText: 'live' }).waitFor();
-      const sent = await traffic(t, '/seed', 3000);
-      assert(sent > 20, `sent ${sent} requests`);
-      // The rate tile and the p99 tile show numbers; the charts hold points.
+      // Traffic for 8 s; meanwhile the rate tile and the p99 tile show
+      // numbers and the charts gain points.
+      const sending = traffic(t, '/seed', 8000);
       await page.waitForFunction(() => {
         const rate = document.querySelector('[data-testid=stat-rate] .stat-value')?.textContent || '';
         const p99 = document.querySelector('[data-testid=stat-p99] .stat-value')?.textContent || '';
@@ -95,6 +95,9 @@ export const flows = [
       assert(/p99 now \d/.test(p99Label), `latency chart label: ${p99Label}`);
       const rateLabel = await page.getAttribute('[data-testid=chart-rate] .chart-box', 'aria-label');
       assert(/now [1-9]/.test(rateLabel) || /now 0\.[1-9]/.test(rateLabel), `rate chart label: ${rateLabel}`);
+      await t.shot('dashboard');
+      const sent = await sending;
+      assert(sent > 20, `sent ${sent} requests`);
       // The route's row, sortable.
       const table = page.locator('[data-testid=routes-table]');
       await table.locator('th[scope=row]', { hasText: 'seed' }).waitFor();
@@ -103,7 +106,6 @@ export const flows = [
       // Upstream target health from /metrics.
       await page.locator('[data-testid=upstreams-health] .badge', { hasText: 'healthy' }).first().waitFor();
       await t.axe('dashboard');
-      await t.shot('dashboard');
     },
   ],
   [
