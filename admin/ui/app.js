@@ -62,6 +62,14 @@ function App() {
     );
   }, [sub]);
 
+  // After a page change inside the UI, focus goes to the page (screen
+  // readers start reading there; Tab goes to its first control).
+  const prevSub = useRef(/** @type {string|null} */ (null));
+  useEffect(() => {
+    if (!isLogin && prevSub.current !== null && prevSub.current !== sub) document.getElementById('main')?.focus();
+    prevSub.current = sub;
+  }, [sub, signedIn]);
+
   const current = PAGES.find((p) => p.path === sub);
   useEffect(() => {
     document.title = `${isLogin ? 'Sign in' : current ? current.title : 'Not found'} · FlexGate admin`;

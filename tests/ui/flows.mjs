@@ -435,16 +435,19 @@ export const flows = [
       await page.keyboard.type(env.token);
       await page.keyboard.press('Enter');
       await page.waitForURL(/\/admin\/keys$/);
+      // Focus moved to the page: Tab reaches its first control, with a
+      // visible focus ring; Shift+Tab goes back to the header.
+      await page.getByRole('heading', { name: 'API keys', level: 1 }).waitFor();
       await page.keyboard.press('Tab');
       const focus = await page.evaluate(() => {
         const el = document.activeElement;
         const st = el ? getComputedStyle(el) : null;
-        return { text: el?.textContent, outline: st?.outlineStyle, width: st?.outlineWidth };
+        return { name: el?.getAttribute('name'), outline: st?.outlineStyle, width: st?.outlineWidth };
       });
-      assert(focus.text === 'Skip to content' && focus.outline !== 'none' && focus.width !== '0px', `visible focus: ${JSON.stringify(focus)}`);
-      await page.keyboard.press('Tab');
-      const second = await page.evaluate(() => document.activeElement?.textContent);
-      assert(second === 'Dashboard', `the navigation is next: ${second}`);
+      assert(focus.name === 'name' && focus.outline !== 'none' && focus.width !== '0px', `visible focus: ${JSON.stringify(focus)}`);
+      await page.keyboard.press('Shift+Tab');
+      const back = await page.evaluate(() => document.activeElement?.textContent);
+      assert(back === 'Sign out', `Shift+Tab: ${back}`);
     },
   ],
   [
