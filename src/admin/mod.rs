@@ -26,7 +26,8 @@
 //! entries, install), `resources.rs` (routes, upstreams, webhooks),
 //! `keys.rs`, `webhooks.rs` (delivery log, replay, test events), `config_io.rs` (export/import, audit log), `live_metrics.rs` (live
 //! summary and the SSE streams), `session.rs`,
-//! `openapi.rs` (`GET /api/openapi.json`, generated from these handlers).
+//! `openapi.rs` (`GET /api/openapi.json`, generated from these handlers),
+//! `ui.rs` (the web UI at `/admin`, no credentials: its data comes from `/api/*`).
 
 pub mod api;
 pub mod auth_limit;
@@ -38,6 +39,7 @@ pub mod openapi;
 pub mod resources;
 pub mod serve;
 pub mod session;
+pub mod ui;
 pub mod webhooks;
 pub mod write;
 
@@ -649,6 +651,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/api/session", post(create_session))
         .merge(api)
         .merge(probes)
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
