@@ -512,21 +512,24 @@ fn urls_the_outbound_policy_refuses_are_refused_with_their_field() {
         "{}",
         r.text()
     );
-    // A name is checked where it resolves, before every connection.
+    // A name is checked where it resolves: at config time (here through
+    // the API), and again before every connection (the client's tests).
     let rx = TestUpstream::start("rx", Behavior::Ok);
     let gw = Gateway::start(
         "",
-        &format!(
-            "upstreams:\n  - name: app\n    url: \"http://192.0.2.1:9\"\nsecurity:\n  blockedIPs: [\"127.0.0.0/8\"]\nwebhooks:\n  - id: local\n    url: \"http://localhost:{}/hook\"\n    secret: \"{SECRET}\"\n",
-            rx.addr.port()
-        ),
+        "upstreams:\n  - name: app\n    url: \"http://192.0.2.1:9\"\nsecurity:\n  blockedIPs: [\"127.0.0.0/8\"]\n",
     );
-    let t = admin(&gw, "POST", "/api/webhooks/local/test", &Value::Null).json();
-    assert_eq!(t["delivery"]["status"], "failed", "{t}");
-    let err = t["delivery"]["lastError"].as_str().unwrap();
+    let r = admin(
+        &gw,
+        "POST",
+        "/api/webhooks",
+        &json!({"id": "local", "url": format!("http://localhost:{}/hook", rx.addr.port()), "secret": SECRET}),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    let text = r.text();
     assert!(
-        err.contains("127.0.0.1") && err.contains("blocked"),
-        "{err}"
+        text.contains("url") && text.contains("127.0.0.1") && text.contains("blocked"),
+        "{text}"
     );
     assert_eq!(posts(&rx).len(), 0, "nothing reached the refused address");
 }

@@ -273,6 +273,39 @@ fn resolve(t: &TargetUrl) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("host {:?} resolved to no address", t.host))
 }
 
+/// Webhook URLs, like upstream targets, meet the SSRF policy when the
+/// config is compiled: every address a host name resolves to must pass
+/// (and again before every delivery attempt, where a refused address fails
+/// the attempt). A name that does not resolve now is only logged: its
+/// deliveries wait and retry, while an upstream's target is needed at once.
+fn check_webhook_addresses(cfg: &DynamicConfig, errors: &mut Vec<ConfigError>) {
+    let policy = SsrfPolicy::from_security(&cfg.security);
+    for (i, w) in cfg.webhooks.iter().enumerate() {
+        let Ok((t, _)) = crate::config::parse_endpoint_url(&w.url) else {
+            continue;
+        };
+        if t.host.parse::<IpAddr>().is_ok() {
+            continue; // checked with the config (validate)
+        }
+        match (t.host.as_str(), t.port).to_socket_addrs() {
+            Ok(addrs) => {
+                for a in addrs {
+                    if let Err(m) = policy.check_ip(a.ip()) {
+                        errors.push(ConfigError::new(
+                            format!("webhooks[{i}].url"),
+                            format!("{:?} resolves to {}: {m}", t.host, a.ip()),
+                        ));
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(webhook = %w.effective_id(), host = %t.host, "webhook host does not resolve now ({e}); its deliveries will retry")
+            }
+        }
+    }
+}
+
 /// One target as the config gives it: where it is written, its URL (as
 /// written and parsed) and its weight.
 struct TargetSpec<'a> {
@@ -664,6 +697,7 @@ pub fn compile(
     let mut errors = Vec::new();
     let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
     let mut named: HashMap<&str, Option<Arc<Upstream>>> = HashMap::new();
+    check_webhook_addresses(cfg, &mut errors);
     for (i, u) in cfg.upstreams.iter().enumerate() {
         let specs = target_specs(&format!("upstreams[{i}]"), u, &mut errors);
         let up = compile_upstream(&u.name, specs, u, cfg, previous, &mut errors).map(Arc::new);
