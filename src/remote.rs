@@ -209,6 +209,22 @@ fn content_type(file: &str) -> &'static str {
     }
 }
 
+/// The changes of an import answer, as `update route/a` lines.
+fn change_list(result: &serde_json::Value) -> Vec<String> {
+    result["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["action"].as_str().unwrap_or("?"),
+                c["resource"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
 /// What `diff` found.
 pub struct Diff {
     /// Unified diff of the normal forms (empty when equal).
@@ -231,18 +247,7 @@ pub fn diff(admin: &Admin, file_text: &str, file_name: &str) -> Result<Diff, Str
         return Err(api_error("the gateway refuses the file", &dry));
     }
     let result: serde_json::Value = serde_json::from_str(&dry.body).map_err(|e| e.to_string())?;
-    let changes = result["changes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            format!(
-                "{} {}",
-                c["action"].as_str().unwrap_or("?"),
-                c["resource"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
+    let changes = change_list(&result);
     let (a, b) = (
         normal(&running, "the running config")?,
         normal(file_text, file_name)?,
@@ -294,18 +299,7 @@ pub fn apply(
         return Err(api_error("POST /api/config", &a));
     }
     let result: serde_json::Value = serde_json::from_str(&a.body).map_err(|e| e.to_string())?;
-    let changes = result["changes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            format!(
-                "{} {}",
-                c["action"].as_str().unwrap_or("?"),
-                c["resource"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
+    let changes = change_list(&result);
     Ok((result["version"].as_u64().unwrap_or(0), changes))
 }
 
