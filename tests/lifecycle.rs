@@ -144,8 +144,10 @@ fn init_writes_a_valid_starter_config_and_never_overwrites() {
     assert_eq!(code, 0, "{out}");
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(
-        text.starts_with("# FlexGate configuration"),
-        "commented starter"
+        text.starts_with(
+            "# yaml-language-server: $schema=flexgate.schema.json\n# FlexGate configuration"
+        ),
+        "commented starter, pointing editors at its schema"
     );
     assert_eq!(run_cli(&["check", "-c", p]).0, 0);
     std::fs::write(&path, "mine").unwrap();
