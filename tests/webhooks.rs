@@ -214,7 +214,13 @@ fn a_restart_mid_retry_still_delivers_once() {
                 .any(|r| r.header("webhook-id") == Some(&id) && rx_answered_ok(&gw, "h", &id))
         },
     );
+    let settled = posts(&rx).len();
     std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        posts(&rx).len(),
+        settled,
+        "nothing is sent after the success"
+    );
     let same: Vec<_> = posts(&rx)
         .into_iter()
         .filter(|r| r.header("webhook-id") == Some(&id))
@@ -224,10 +230,13 @@ fn a_restart_mid_retry_still_delivers_once() {
         .filter(|d| d["eventId"] == id.as_str())
         .collect();
     assert_eq!(succeeded.len(), 1, "one delivery of the event");
-    assert_eq!(
-        succeeded[0]["attempts"].as_u64().unwrap() as usize,
-        same.len(),
-        "every attempt before and after the restart is on record, and none after the success"
+    // Every attempt is on record, except one the kill may have cut between
+    // its POST and its record (at least once: it is sent again).
+    let recorded = succeeded[0]["attempts"].as_u64().unwrap() as usize;
+    assert!(
+        recorded == same.len() || recorded + 1 == same.len(),
+        "{recorded} attempts recorded, {} received",
+        same.len()
     );
 }
 
